@@ -1,0 +1,48 @@
+"""Small Kafka helpers shared by the relay and the projection runner."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger("eventkit.kafka")
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    topics: Iterable[str],
+    *,
+    partitions: int,
+    replication_factor: int,
+    client_id: str = "tpa-admin",
+) -> list[str]:
+    """Create the topics that do not exist yet; return the ones created."""
+    wanted = set(topics)
+    if not wanted:
+        return []
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        to_create = [NewTopic(t, partitions, replication_factor) for t in sorted(wanted - existing)]
+        if not to_create:
+            return []
+        try:
+            response = await admin.create_topics(to_create)
+        except TopicAlreadyExistsError:  # created concurrently by another service
+            return []
+        created = []
+        for topic, code, *_ in getattr(response, "topic_errors", []):
+            if code in (0, 36):  # 36: TOPIC_ALREADY_EXISTS
+                if code == 0:
+                    created.append(topic)
+            else:
+                log.warning("could not create topic %s: error code %s", topic, code)
+        if created:
+            log.info("created topics %s", created)
+        return created
+    finally:
+        await admin.close()

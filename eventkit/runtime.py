@@ -1,0 +1,262 @@
+"""What every service process runs: pool, migrations, store, relay, projections, HTTP.
+
+A service's composition root (``services/<name>/app.py``) builds one
+`ServiceRuntime` with its routers, projections and migrations folder. Nothing
+happens until the ASGI lifespan starts it: no I/O at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence
+
+import asyncpg
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from . import migrations as mig
+from .errors import ConcurrencyError, IdempotencyKeyReused, StreamNotFound
+from .idempotency import CommandResult, request_fingerprint, run_command
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .projection import Projection, ProjectionRunner
+from .relay import Relay
+from .settings import ServiceSettings
+from .store import EventStore
+from .telemetry import correlation_id
+
+log = logging.getLogger("eventkit.runtime")
+
+
+def problem(status: int, code: str, title: str, detail: str | None = None, **extra: Any) -> JSONResponse:
+    """An RFC 9457 problem document with a machine-readable `code`."""
+    body = {"type": f"https://tpa.example/problems/{code}", "title": title, "status": status, "code": code}
+    if detail:
+        body["detail"] = detail
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        migrations_dir: Path | None = None,
+        routers: Sequence[APIRouter] = (),
+        projections: Sequence[Projection] = (),
+        relay: bool = True,
+        title: str | None = None,
+        extra_startup: Callable[["ServiceRuntime"], Awaitable[None]] | None = None,
+        extra_shutdown: Callable[["ServiceRuntime"], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.service = settings.service
+        self.migrations_dir = migrations_dir
+        self.projections = list(projections)
+        self.with_relay = relay
+        self.metrics = Metrics(self.service)
+        self.pool: Any = None
+        self.store: EventStore | None = None
+        self.relay: Relay | None = None
+        self.runners: list[ProjectionRunner] = []
+        self._tasks: list[asyncio.Task] = []
+        self._extra_startup = extra_startup
+        self._extra_shutdown = extra_shutdown
+        self.state: dict[str, Any] = {}  # service-specific singletons (clients, caches)
+        self._broker_ok: tuple[float, bool] = (0.0, False)
+        self.app = self._build_app(routers, title or f"TPA {self.service}")
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def migrations(self) -> list[mig.Migration]:
+        found = mig.load("eventkit", mig.EVENTKIT_MIGRATIONS)
+        if self.migrations_dir is not None and self.migrations_dir.is_dir():
+            found += mig.load(self.service, self.migrations_dir)
+        return found
+
+    async def start(self) -> None:
+        s = self.settings
+        if not s.database_url:
+            raise RuntimeError(f"TPA_{self.service.upper()}_DATABASE_URL is not set")
+        if not s.kafka_bootstrap_servers and (self.with_relay or self.projections):
+            raise RuntimeError("KAFKA_BOOTSTRAP_SERVERS is not set")
+        self.pool = await asyncpg.create_pool(s.database_url, min_size=1, max_size=10)
+        async with self.pool.acquire() as conn:
+            applied = await mig.apply(conn, self.migrations())
+        if applied:
+            log.info("applied migrations %s", applied)
+        self.store = EventStore(self.pool, on_append=self.metrics.events_appended.labels(self.service).inc)
+        if self.with_relay:
+            self.relay = Relay(
+                name=self.service, service=self.service, store=self.store,
+                bootstrap_servers=s.kafka_bootstrap_servers, enable_idempotence=s.kafka_enable_idempotence,
+                partitions=s.kafka_topic_partitions, replication_factor=s.kafka_replication_factor,
+                batch_size=s.relay_batch_size, poll_interval=s.relay_poll_interval,
+                lost_data_check_interval=s.relay_lost_data_check_interval,
+                on_published=self.metrics.relay_published.labels(self.service).inc,
+            )
+            self._spawn(self.relay.run(), f"relay-{self.service}")
+        for projection in self.projections:
+            runner = ProjectionRunner(
+                projection, service=self.service, pool=self.pool,
+                bootstrap_servers=s.kafka_bootstrap_servers, metrics=self.metrics,
+                enable_idempotence=s.kafka_enable_idempotence, partitions=s.kafka_topic_partitions,
+                replication_factor=s.kafka_replication_factor, max_retries=s.projection_max_retries,
+                batch_size=s.projection_batch_size, group_prefix=s.kafka_group_prefix,
+            )
+            self.runners.append(runner)
+            self._spawn(runner.run(), f"projection-{projection.name}")
+        if self._extra_startup is not None:
+            await self._extra_startup(self)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    @staticmethod
+    def _task_done(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s died", task.get_name(), exc_info=task.exception())
+
+    async def stop(self) -> None:
+        if self._extra_shutdown is not None:
+            await self._extra_shutdown(self)
+        if self.relay is not None:
+            self.relay.stop()
+        for runner in self.runners:
+            runner.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        self.runners.clear()
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    # -- HTTP ------------------------------------------------------------------
+
+    async def broker_reachable(self) -> bool:
+        if self.relay is not None and self.relay.stats.connected:
+            return True
+        now = time.monotonic()
+        if now - self._broker_ok[0] < 2.0:
+            return self._broker_ok[1]
+        ok = False
+        for server in (self.settings.kafka_bootstrap_servers or "").split(","):
+            host, _, port = server.strip().rpartition(":")
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 1.0)
+                writer.close()
+                ok = True
+                break
+            except (OSError, ValueError, asyncio.TimeoutError):
+                continue
+        self._broker_ok = (now, ok)
+        return ok
+
+    def _build_app(self, routers: Sequence[APIRouter], title: str) -> FastAPI:
+        from contextlib import asynccontextmanager
+
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        @asynccontextmanager
+        async def lifespan(app: FastAPI):
+            await self.start()
+            try:
+                yield
+            finally:
+                await self.stop()
+
+        app = FastAPI(title=title, version="0.1.0", lifespan=lifespan)
+        app.state.runtime = self
+        runtime = self
+
+        @app.middleware("http")
+        async def correlation(request: Request, call_next):
+            cid = request.headers.get("x-correlation-id") or str(uuid.uuid4())
+            token = correlation_id.set(cid)
+            try:
+                response = await call_next(request)
+            finally:
+                correlation_id.reset(token)
+            response.headers["X-Correlation-Id"] = cid
+            return response
+
+        @app.exception_handler(ConcurrencyError)
+        async def on_conflict(request: Request, exc: ConcurrencyError):
+            return problem(409, "concurrency_conflict", "The resource was changed by another request",
+                           str(exc), stream_id=exc.stream_id, expected_version=exc.expected,
+                           actual_version=exc.actual)
+
+        @app.exception_handler(IdempotencyKeyReused)
+        async def on_key_reused(request: Request, exc: IdempotencyKeyReused):
+            return problem(422, "idempotency_key_reused", "Idempotency-Key reused with a different request",
+                           str(exc))
+
+        @app.exception_handler(StreamNotFound)
+        async def on_not_found(request: Request, exc: StreamNotFound):
+            return problem(404, "not_found", "Not found", str(exc))
+
+        @app.get("/healthz", tags=["operations"], summary="Liveness")
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok", "service": runtime.service}
+
+        @app.get("/readyz", tags=["operations"], summary="Readiness: database and broker reachable",
+                 responses={503: {"description": "Not ready"}})
+        async def readyz():
+            checks: dict[str, Any] = {}
+            try:
+                await asyncio.wait_for(runtime.pool.fetchval("SELECT 1"), 2.0)
+                checks["database"] = "ok"
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                checks["database"] = f"unreachable: {type(exc).__name__}"
+            checks["broker"] = "ok" if await runtime.broker_reachable() else "unreachable"
+            ready = all(v == "ok" for v in checks.values())
+            return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                                status_code=200 if ready else 503)
+
+        @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
+                 response_class=Response)
+        async def metrics():
+            await runtime.refresh_gauges()
+            return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+        for router in routers:
+            app.include_router(router)
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+        return app
+
+    async def refresh_gauges(self) -> None:
+        if self.relay is not None and self.store is not None and self.pool is not None:
+            head = await self.store.head_position()
+            self.relay.stats.head = head
+            self.metrics.relay_lag.labels(self.service).set(max(0, head - self.relay.stats.checkpoint))
+            self.metrics.relay_connected.labels(self.service).set(1 if self.relay.stats.connected else 0)
+
+
+def runtime_of(request: Request) -> ServiceRuntime:
+    return request.app.state.runtime
+
+
+async def idempotent(
+    request: Request,
+    body: Any,
+    handler: Callable[[Any], Awaitable[CommandResult]],
+) -> JSONResponse:
+    """Run a command handler once per ``Idempotency-Key`` (if the client sent one)."""
+    runtime = runtime_of(request)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (1 <= len(key) <= 255):
+        return problem(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters")
+    scope = f"{request.method} {request.url.path}"
+    result = await run_command(
+        runtime.pool, handler, key=key, scope=scope,
+        fingerprint=request_fingerprint(request.method, request.url.path, body))
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+    return JSONResponse(result.body, status_code=result.status_code, headers=headers)

@@ -1,0 +1,346 @@
+"""Event contracts: generated files are fresh, published schemas stay compatible."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+from pydantic import BaseModel, ValidationError
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+from contracts import generate as gen
+from contracts.compat import check_backward_compatible
+from contracts.envelope import EventEnvelope
+from contracts.registry import HouseholdRegistered
+from contracts.topics import (
+    EVENT_MODELS,
+    TOPICS,
+    UnknownEventError,
+    ce_type,
+    dlq_topic,
+    parse_event,
+    record_headers,
+    record_key,
+    topic_name,
+)
+from eventkit.events import Metadata, RecordedEvent
+
+HOUSEHOLD_ID = "3f2b8c1e-9d4a-4e6b-8f7a-1c2d3e4f5a6b"
+# One sample payload per catalogued event: (stream id, data). A new event needs a sample here.
+SAMPLES: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {
+    ("HouseholdRegistered", 1): (
+        HOUSEHOLD_ID,
+        {
+            "household_id": HOUSEHOLD_ID,
+            "village_code": "530102001001",
+            "member_count": 4,
+            "registered_on": "2024-03-01",
+        },
+    ),
+}
+
+
+def sample_envelope(event_type: str = "HouseholdRegistered", schema_version: int = 1) -> dict[str, Any]:
+    """An envelope as the real producer (eventkit) builds it."""
+    model = EVENT_MODELS[(event_type, schema_version)]
+    stream_id, data = SAMPLES[(event_type, schema_version)]
+    meta = Metadata(
+        actor="user:42",
+        correlation_id=str(uuid.uuid4()),
+        traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        occurred_at=datetime(2024, 3, 1, 8, 30, tzinfo=timezone.utc),
+    )
+    recorded = RecordedEvent(
+        global_position=12,
+        event_id=uuid.uuid4(),
+        stream_id=stream_id,
+        stream_type=model.stream_type,
+        version=1,
+        event_type=event_type,
+        schema_version=schema_version,
+        data=data,
+        metadata=meta.to_json(),
+        occurred_at=meta.occurred_at,
+        recorded_at=datetime.now(timezone.utc),
+    )
+    return json.loads(json.dumps(recorded.envelope(f"/tpa/{TOPICS[model.topic].service}")))
+
+
+# --- (a) generated files are fresh ------------------------------------------------------
+
+
+def test_generated_contract_files_are_up_to_date() -> None:
+    stale = gen.generate(check=True)
+    assert stale == [], f"contract files are stale, run `make schemas`: {stale}"
+
+
+def test_generator_refuses_incompatible_overwrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gen, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(gen, "SCHEMA_DIR", tmp_path / "schemas")
+    monkeypatch.setattr(gen, "ASYNCAPI_PATH", tmp_path / "asyncapi.yaml")
+    assert len(gen.generate()) == len(EVENT_MODELS) + 2  # fresh dir: everything written
+    published = tmp_path / "schemas" / "HouseholdRegistered.v1.json"
+    old = json.loads(published.read_text())
+    old["properties"]["legacy_score"] = {"type": "integer"}  # a field the model no longer has
+    published.write_text(json.dumps(old))
+    with pytest.raises(gen.IncompatibleSchemaError, match=r"(?s)legacy_score.*removed.*schema_version \+ 1"):
+        gen.generate()
+    assert json.loads(published.read_text()) == old  # nothing overwritten
+
+
+# --- (b) published schemas stay compatible ----------------------------------------------
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(gen.REPO_ROOT), *args], capture_output=True, text=True, timeout=30, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout
+
+
+def _git_schema_dir() -> tuple[Path, str] | None:
+    """(git top level, schema dir relative to it), or None without git."""
+    top = _git("rev-parse", "--show-toplevel")
+    if not top:
+        return None
+    top_path = Path(top.strip()).resolve()
+    return top_path, gen.SCHEMA_DIR.resolve().relative_to(top_path).as_posix()
+
+
+def _published_versions(name: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every known version of one schema file: working tree plus git history (if any)."""
+    versions = []
+    path = gen.SCHEMA_DIR / name
+    if path.exists():
+        versions.append(("working tree", json.loads(path.read_text(encoding="utf-8"))))
+    repo = _git_schema_dir()
+    if repo:
+        rel = f"{repo[1]}/{name}"
+        for sha in (_git("log", "--format=%H", "--", rel) or "").split():
+            text = _git("show", f"{sha}:{rel}")
+            if text:  # None where the file was deleted in that commit
+                versions.append((sha[:12], json.loads(text)))
+    return versions
+
+
+def _published_names() -> set[str]:
+    names = {p.name for p in gen.SCHEMA_DIR.glob("*.json")}
+    repo = _git_schema_dir()
+    if repo:
+        listed = _git("log", "--format=", "--name-only", "--", repo[1]) or ""
+        names |= {Path(line).name for line in listed.split() if line.endswith(".json")}
+    return names
+
+
+def test_published_schemas_are_backward_compatible_with_models() -> None:
+    current = gen.schema_documents()
+    names = _published_names()
+    assert names, "no committed schemas found; run `make schemas`"
+    problems = []
+    for name in sorted(names):
+        if name not in current:
+            problems.append(f"{name}: published, but no model generates it any more (keep old event models)")
+            continue
+        for where, old in _published_versions(name):
+            problems += [f"{name} @ {where}: {p}" for p in check_backward_compatible(old, current[name])]
+    assert not problems, (
+        "published schemas changed incompatibly; add a model with schema_version + 1 instead:\n"
+        + "\n".join(problems)
+    )
+
+
+# --- (c) the compatibility rules ---------------------------------------------------------
+
+BASE = {
+    "type": "object",
+    "properties": {
+        "household_id": {"type": "string", "format": "uuid"},
+        "member_count": {"type": "integer", "minimum": 1},
+        "status": {"enum": ["active", "closed"], "type": "string"},
+        "note": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None},
+    },
+    "required": ["household_id", "member_count"],
+}
+
+
+def _changed(**properties: Any) -> dict[str, Any]:
+    new = json.loads(json.dumps(BASE))
+    for name, schema in properties.items():
+        if schema is None:
+            del new["properties"][name]
+        else:
+            new["properties"][name] = schema
+    return new
+
+
+def test_compat_identical_and_optional_addition_are_compatible() -> None:
+    assert check_backward_compatible(BASE, BASE) == []
+    added = _changed(registered_on={"anyOf": [{"type": "string", "format": "date"}, {"type": "null"}]})
+    assert check_backward_compatible(BASE, added) == []
+
+
+def test_compat_reports_removed_property() -> None:
+    problems = check_backward_compatible(BASE, _changed(member_count=None))
+    assert any("member_count" in p and "removed" in p for p in problems), problems
+
+
+def test_compat_reports_type_change() -> None:
+    problems = check_backward_compatible(BASE, _changed(member_count={"type": "string"}))
+    assert any("member_count" in p and "type changed" in p for p in problems), problems
+    problems = check_backward_compatible(BASE, _changed(note={"type": "string"}))  # no longer nullable
+    assert any("note" in p and "type changed" in p for p in problems), problems
+    problems = check_backward_compatible(BASE, _changed(household_id={"type": "string", "format": "email"}))
+    assert any("household_id" in p and "format" in p for p in problems), problems
+
+
+def test_compat_reports_new_required_property() -> None:
+    new = _changed(village_code={"type": "string"})
+    new["required"].append("village_code")
+    problems = check_backward_compatible(BASE, new)
+    assert any("village_code" in p and "required" in p for p in problems), problems
+
+
+def test_compat_reports_removed_enum_value_and_tightened_constraint() -> None:
+    problems = check_backward_compatible(BASE, _changed(status={"enum": ["active"], "type": "string"}))
+    assert any("status" in p and "closed" in p for p in problems), problems
+    problems = check_backward_compatible(BASE, _changed(member_count={"type": "integer", "minimum": 2}))
+    assert any("member_count" in p and "minimum" in p for p in problems), problems
+
+
+def test_compat_follows_refs_into_nested_defs() -> None:
+    class Address(BaseModel):
+        village_code: str
+
+    class Old(BaseModel):
+        address: Address
+
+    class Address2(BaseModel):
+        village_code: int
+
+    class New(BaseModel):
+        address: Address2
+
+    problems = check_backward_compatible(Old.model_json_schema(), New.model_json_schema())
+    assert any("address.village_code" in p and "type changed" in p for p in problems), problems
+
+
+# --- (d) AsyncAPI document ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def asyncapi() -> dict[str, Any]:
+    return yaml.safe_load(gen.ASYNCAPI_PATH.read_text(encoding="utf-8"))
+
+
+def _validator(doc: dict[str, Any], pointer: str) -> Draft202012Validator:
+    registry = Registry().with_resource("urn:tpa:asyncapi", DRAFT202012.create_resource(doc))
+    return Draft202012Validator(
+        {"$ref": f"urn:tpa:asyncapi#{pointer}"}, registry=registry, format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
+
+
+def test_asyncapi_lists_every_catalogued_topic(asyncapi: dict[str, Any]) -> None:
+    assert asyncapi["asyncapi"] == "3.0.0"
+    assert asyncapi["info"]["title"] == "TPA events"
+    assert sorted(c["address"] for c in asyncapi["channels"].values()) == sorted(TOPICS)
+    for topic in TOPICS.values():
+        channel = asyncapi["channels"][topic.name]
+        assert len(channel["messages"]) == len(topic.events)
+    for op in asyncapi["operations"].values():
+        assert op["action"] == "receive"
+
+
+def test_asyncapi_messages_validate_real_envelopes(asyncapi: dict[str, Any]) -> None:
+    assert set(SAMPLES) == set(EVENT_MODELS), "every catalogued event needs a sample in SAMPLES"
+    messages = asyncapi["components"]["messages"]
+    assert len(messages) == len(EVENT_MODELS)
+    for event_type, version in EVENT_MODELS:
+        name = f"{event_type}.v{version}"
+        assert name in messages
+        envelope = sample_envelope(event_type, version)
+        _validator(asyncapi, f"/components/messages/{name}/payload").validate(envelope)
+        headers = {k: v.decode() for k, v in record_headers(EventEnvelope.model_validate(envelope))}
+        _validator(asyncapi, f"/components/messages/{name}/headers").validate(headers)
+
+    payload = _validator(asyncapi, "/components/messages/HouseholdRegistered.v1/payload")
+    bad = sample_envelope()
+    bad["data"]["member_count"] = 0
+    assert not payload.is_valid(bad)
+    bad = sample_envelope()
+    bad["event_type"] = "HouseholdDissolved"
+    assert not payload.is_valid(bad)
+
+
+# --- (e) parsing ------------------------------------------------------------------------
+
+
+def test_parse_event_round_trips() -> None:
+    envelope = sample_envelope()
+    env, payload = parse_event(envelope)
+    assert isinstance(payload, HouseholdRegistered)
+    assert payload.registered_on == date(2024, 3, 1)
+    assert payload.model_dump(mode="json") == envelope["data"]
+    assert str(env.event_id) == envelope["event_id"]
+    assert env.metadata.actor == "user:42"
+    again = parse_event(env.model_dump_json().encode())
+    assert again == (env, payload)
+
+
+def test_parse_event_tolerates_unknown_fields() -> None:
+    envelope = sample_envelope()
+    envelope["partition_hint"] = 3
+    envelope["data"]["added_in_a_later_release"] = True
+    envelope["metadata"]["tenant"] = "yunnan"
+    env, payload = parse_event(envelope)
+    assert env.metadata.model_extra == {"tenant": "yunnan"}
+    assert payload.member_count == 4
+
+
+def test_parse_event_rejects_unknown_and_invalid_events() -> None:
+    envelope = sample_envelope()
+    envelope["event_type"] = "HouseholdTeleported"
+    with pytest.raises(UnknownEventError, match=r"HouseholdTeleported.*known: HouseholdRegistered v1"):
+        parse_event(envelope)
+    envelope = sample_envelope()
+    envelope["schema_version"] = 99
+    with pytest.raises(UnknownEventError, match="schema_version 99"):
+        parse_event(envelope)
+    envelope = sample_envelope()
+    envelope["data"]["village_code"] = "5301"
+    with pytest.raises(ValidationError, match="village_code"):
+        parse_event(envelope)
+
+
+# --- naming and Kafka record layout ---------------------------------------------------------
+
+
+def test_topic_naming_and_record_layout() -> None:
+    assert topic_name("registry", "household") == "tpa.registry.household.v1"
+    assert HouseholdRegistered.topic in TOPICS
+    assert dlq_topic("tpa.registry.household.v1") == "tpa.registry.household.v1.dlq"
+    assert ce_type("HouseholdRegistered", 1) == "tpa.registry.HouseholdRegistered.v1"
+    with pytest.raises(UnknownEventError):
+        ce_type("Nope", 1)
+    with pytest.raises(ValueError):
+        topic_name("payroll", "household")
+    env = EventEnvelope.model_validate(sample_envelope())
+    assert record_key(env) == HOUSEHOLD_ID.encode()
+    headers = dict(record_headers(env))
+    assert headers["ce_specversion"] == b"1.0"
+    assert headers["ce_id"] == str(env.event_id).encode()
+    assert headers["ce_source"] == b"/tpa/registry"
+    assert headers["ce_subject"] == HOUSEHOLD_ID.encode()
+    assert headers["content-type"] == b"application/json"
+    assert headers["traceparent"].startswith(b"00-")
+    assert datetime.fromisoformat(headers["ce_time"].decode()) == env.metadata.recorded_at

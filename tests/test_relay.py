@@ -1,0 +1,160 @@
+"""Relay: the store is the outbox; CloudEvents headers; outage and data-loss recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import defaultdict
+
+import pytest
+
+from contracts.topics import topic_name
+from eventkit.events import Metadata, NewEvent
+from eventkit.metrics import Metrics
+from eventkit.relay import Relay
+from eventkit.store import ANY, NO_STREAM, EventStore
+from eventkit.testing import background, envelopes, read_topic, wait_until
+
+
+SERVICE = "registry"
+
+
+def make_relay(pool, infra, name: str, **kw) -> Relay:
+    return Relay(name=name, service=SERVICE, store=EventStore(pool),
+                 bootstrap_servers=infra.bootstrap_servers, enable_idempotence=infra.idempotence,
+                 poll_interval=0.2, lost_data_check_interval=0.5, max_backoff=1.0, **kw)
+
+
+async def checkpoint(pool, relay: Relay) -> int:
+    return await pool.fetchval("SELECT position FROM relay_checkpoint WHERE relay = $1", relay.name)
+
+
+def mine(records, streams: set[str]):
+    return [r for r in records if r.key.decode() in streams]
+
+
+def per_key_versions(records) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = defaultdict(list)
+    for r in records:
+        out[r.key.decode()].append(json.loads(r.value)["version"])
+    return out
+
+
+def first_occurrences(versions: list[int]) -> list[int]:
+    seen: list[int] = []
+    for v in versions:
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
+async def test_relay_publishes_envelope_key_and_cloudevents_headers(pool, infra, unique):
+    service = unique("relay")
+    kind = unique("thing")
+    store = EventStore(pool)
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    stream = f"hh-{uuid.uuid4()}"
+    [e1, e2] = await store.append(stream, kind, NO_STREAM,
+                                  [NewEvent("HouseholdRegistered", {"a": 1}), NewEvent("Noted", {"b": "说明"})],
+                                  Metadata(actor="u1", correlation_id="c1", traceparent=traceparent))
+    relay = make_relay(pool, infra, service)
+    topic = topic_name(SERVICE, kind)
+    async with background(relay.run()):
+        await wait_until(lambda: checkpoint(pool, relay), message="checkpoint")
+        await wait_until(lambda: _eq(checkpoint(pool, relay), e2.global_position))
+    records = await read_topic(infra.bootstrap_servers, topic)
+    assert [r.key.decode() for r in records] == [stream, stream]
+    assert [json.loads(r.value)["version"] for r in records] == [1, 2]
+    env = json.loads(records[1].value)
+    assert env["event_id"] == str(e2.event_id) and env["data"] == {"b": "说明"}
+    assert env["metadata"]["actor"] == "u1" and env["metadata"]["recorded_at"]
+    headers = dict((k, v.decode()) for k, v in records[0].headers)
+    assert headers["ce_specversion"] == "1.0"
+    assert headers["ce_id"] == str(e1.event_id)
+    assert headers["ce_type"] == "tpa.registry.HouseholdRegistered.v1"
+    assert headers["ce_source"] == "/tpa/registry"
+    assert headers["ce_subject"] == stream
+    assert headers["ce_time"] == e1.recorded_at.isoformat()
+    assert headers["content-type"] == "application/json"
+    # same trace as the one that appended the event
+    assert headers["traceparent"].split("-")[1] == traceparent.split("-")[1]
+
+
+async def _eq(coro, value):
+    return (await coro) == value
+
+
+async def test_relay_resumes_from_its_checkpoint_without_republishing(pool, infra, unique):
+    service = unique("relay")
+    kind = unique("thing")
+    store = EventStore(pool)
+    topic = topic_name(SERVICE, kind)
+    await store.append("a", kind, NO_STREAM, [NewEvent("X", {"i": i}) for i in range(3)])
+    relay = make_relay(pool, infra, service)
+    async with background(relay.run()):
+        await wait_until(lambda: _eq(checkpoint(pool, relay), 3))
+    [last] = await store.append("a", kind, 3, [NewEvent("X", {"i": 3})])
+    relay = make_relay(pool, infra, service)  # a restarted service
+    async with background(relay.run()):
+        await wait_until(lambda: _eq(checkpoint(pool, relay), last.global_position))
+    records = await read_topic(infra.bootstrap_servers, topic)
+    assert [json.loads(r.value)["version"] for r in records] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+async def test_relay_survives_a_broker_outage_without_losing_or_reordering(pool, infra, unique):
+    if not infra.can_restart_broker:
+        pytest.skip("needs the embedded broker, which the test can pause")
+    service = unique("relay")
+    kind = unique("thing")
+    store = EventStore(pool)
+    topic = topic_name(SERVICE, kind)
+    streams = {f"s{i}" for i in range(5)}
+    relay = make_relay(pool, infra, service)
+    async with background(relay.run()):
+        for i in range(3):
+            for s in sorted(streams):
+                await store.append(s, kind, ANY, [NewEvent("X", {"i": i})])
+        await wait_until(lambda: _eq(checkpoint(pool, relay), 15))
+        infra.broker.pause()  # the broker stops answering (network partition, GC pause, ...)
+        try:
+            for i in range(3, 6):
+                for s in sorted(streams):
+                    await store.append(s, kind, ANY, [NewEvent("X", {"i": i})])
+            await asyncio.sleep(3)
+            assert await checkpoint(pool, relay) < 30  # nothing is recorded as published
+        finally:
+            infra.broker.resume()
+        await wait_until(lambda: _eq(checkpoint(pool, relay), 30), timeout=60)
+    records = mine(await read_topic(infra.bootstrap_servers, topic), streams)
+    by_key = per_key_versions(records)
+    for s in streams:
+        assert first_occurrences(by_key[s]) == [1, 2, 3, 4, 5, 6], by_key[s]
+
+
+@pytest.mark.slow
+async def test_relay_republishes_when_the_broker_lost_its_log(pool, infra, unique):
+    if not infra.can_restart_broker:
+        pytest.skip("needs the embedded in-memory broker, which loses its log on restart")
+    service = unique("relay")
+    kind = unique("thing")
+    store = EventStore(pool)
+    topic = topic_name(SERVICE, kind)
+    for i in range(4):
+        await store.append(f"k{i % 2}", kind, ANY, [NewEvent("X", {"i": i})])
+    relay = make_relay(pool, infra, service)
+    async with background(relay.run()):
+        await wait_until(lambda: _eq(checkpoint(pool, relay), 4))
+        infra.broker.restart()  # in-memory log gone
+        await store.append("k0", kind, ANY, [NewEvent("X", {"i": 4})])
+        await wait_until(lambda: _eq(checkpoint(pool, relay), 5), timeout=60)
+
+        async def all_back():
+            recs = await read_topic(infra.bootstrap_servers, topic)
+            return len({(r.key, json.loads(r.value)["version"]) for r in recs}) == 5 and recs
+        records = await wait_until(all_back, timeout=30)
+    assert relay.stats.republish_rewinds >= 1
+    by_key = per_key_versions(records)
+    assert first_occurrences(by_key["k0"]) == [1, 2, 3]
+    assert first_occurrences(by_key["k1"]) == [1, 2]
