@@ -303,17 +303,14 @@ class ProjectionRunner:
                 if epoch != self.epoch:
                     raise _EpochChanged()
                 tracked = await self._lock_tracking(conn, {m.stream_id for m in messages})
-                held = await self._held_streams(conn, {m.stream_id for m in messages})
                 for msg in messages:
                     current = tracked[msg.stream_id]
                     if msg.version <= current:
                         self.metrics.duplicates.labels(self.name).inc()
                         continue
-                    if msg.stream_id in held or msg.version > current + 1:
-                        reason = (f"gap: expected version {current + 1}, got {msg.version}"
-                                  if msg.stream_id not in held else "stream held")
+                    if msg.version > current + 1:
+                        reason = f"gap: expected version {current + 1}, got {msg.version}"
                         await self._park(conn, msg, reason)
-                        held.add(msg.stream_id)
                         held_changed = True
                         log.warning("projection %s: holding stream %s (%s)", self.name, msg.stream_id, reason)
                         continue
@@ -325,7 +322,6 @@ class ProjectionRunner:
                             held_changed = True
                     elif self.projection.strict:
                         await self._park(conn, msg, f"failed: {error}")
-                        held.add(msg.stream_id)
                         held_changed = True
                         log.error("projection %s: holding stream %s at version %d: %s",
                                   self.name, msg.stream_id, msg.version, error)
@@ -360,14 +356,6 @@ class ProjectionRunner:
                 " FROM unnest($2::text[], $3::int[]) AS t(s, v)"
                 " WHERE p.projection = $1 AND p.stream_id = t.s AND p.version <> t.v",
                 self.name, list(tracked.keys()), list(tracked.values()))
-
-    async def _held_streams(self, conn: Any, streams: set[str]) -> set[str]:
-        if not streams:
-            return set()
-        rows = await conn.fetch(
-            "SELECT DISTINCT stream_id FROM projection_parked WHERE projection = $1"
-            " AND stream_id = ANY($2::text[])", self.name, list(streams))
-        return {r["stream_id"] for r in rows}
 
     async def _park(self, conn: Any, msg: Message, reason: str) -> None:
         await conn.execute(

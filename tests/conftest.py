@@ -16,7 +16,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -74,20 +74,33 @@ def infra() -> Any:
 
 
 @pytest_asyncio.fixture
-async def database(infra: Infra) -> AsyncIterator[str]:
+async def databases(infra: Infra) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """A factory of fresh, empty databases (DSNs), dropped after the test."""
+    created: list[str] = []
+
+    async def create() -> str:
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        admin = await asyncpg.connect(infra.admin_dsn)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        created.append(name)
+        return infra.dsn_for(name)
+
+    yield create
+    admin = await asyncpg.connect(infra.admin_dsn)
+    try:
+        for name in created:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest_asyncio.fixture
+async def database(databases) -> str:
     """A fresh, empty database for one test; its DSN."""
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(infra.admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield infra.dsn_for(name)
-    admin = await asyncpg.connect(infra.admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    return await databases()
 
 
 @pytest_asyncio.fixture

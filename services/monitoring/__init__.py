@@ -1,0 +1,1 @@
+"""Monitoring service: attendance, compliance, return-risk alerts, dashboards."""
