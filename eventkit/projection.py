@@ -200,6 +200,8 @@ class ProjectionRunner:
                     continue
                 except (KafkaError, OSError, asyncio.TimeoutError) as exc:
                     log.warning("projection %s: broker error, retrying in %.1fs: %r", self.name, backoff, exc)
+                except Exception:  # database trouble or a bug: never let the runner die
+                    log.exception("projection %s: unexpected error, retrying in %.1fs", self.name, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(10.0, backoff * 2)
         finally:

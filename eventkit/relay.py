@@ -118,14 +118,15 @@ class Relay:
     # -- lifecycle -------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run until cancelled. Never returns on broker errors: it retries."""
-        await self._ensure_checkpoint_row()
-        await self._listen()
+        """Run until cancelled. Never returns on broker or database errors: it retries."""
         backoff = 0.2
         try:
             while not self._stopping:
                 producer: AIOKafkaProducer | None = None
                 try:
+                    await self._ensure_checkpoint_row()
+                    if self._listen_conn is None:
+                        await self._listen()
                     producer = self._new_producer()
                     await producer.start()
                     self.stats.connected = True
@@ -140,6 +141,10 @@ class Relay:
                     self.stats.connected = False
                     self.stats.last_error = repr(exc)
                     log.warning("relay %s: broker error, retrying in %.1fs: %r", self.name, backoff, exc)
+                except Exception as exc:  # database trouble or a bug: never let the relay die
+                    self.stats.failures += 1
+                    self.stats.last_error = repr(exc)
+                    log.exception("relay %s: unexpected error, retrying in %.1fs", self.name, backoff)
                 finally:
                     if producer is not None:
                         await _quiet_stop(producer)
