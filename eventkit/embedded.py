@@ -41,22 +41,33 @@ Two small process managers, both synchronous and usable as context managers:
     test run. Consequently, start it from a long-lived thread (normally the main
     thread), not from a short-lived worker thread.
 
+    By default clients do not talk to tansu directly but to a ``KafkaCompatProxy``
+    on the public port (``bootstrap_servers``); tansu listens on an internal port
+    and advertises the public one. The proxy forwards every frame unchanged except
+    ApiVersions v3+ responses, from which it drops the top-level tagged fields that
+    hold default values: tansu always sends them, which older librdkafka (e.g. the
+    2.0.2 behind Debian's ``kcat`` 1.7.1) cannot parse ("Read underflow").
+    ``compat_proxy=False`` exposes tansu directly.
+
 Nothing here does I/O at import time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
 import hashlib
 import importlib.util
+import logging
 import os
 import re
 import shlex
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -70,12 +81,15 @@ __all__ = [
     "EmbeddedBroker",
     "EmbeddedInfraError",
     "EmbeddedPostgres",
+    "KafkaCompatProxy",
     "find_broker_binary",
     "find_postgres_bin_dir",
     "free_port",
+    "rewrite_api_versions_response",
 ]
 
 LOOPBACK = "127.0.0.1"
+_log = logging.getLogger(__name__)
 PG_SYSTEM_USER = "embedded_postgres"
 _PG_BINARIES = ("initdb", "pg_ctl", "postgres", "psql")
 # sun_path is 108 bytes on Linux; keep a margin.
@@ -172,6 +186,9 @@ def _die_with_parent_preexec() -> Any:
             os.kill(os.getpid(), signal.SIGKILL)
 
     return _preexec
+
+
+die_with_parent = _die_with_parent_preexec  # public name, for other launchers (``tpa up``)
 
 
 # --------------------------------------------------------------------------- #
@@ -731,6 +748,11 @@ class EmbeddedBroker:
     ``port=None`` picks a free port once; ``stop()``/``start()``/``restart()``
     keep it, so clients configured with ``bootstrap_servers`` reconnect to the
     new process. Every (re)start begins with an empty log.
+
+    With ``compat_proxy=True`` (the default) ``port`` is the port of a
+    ``KafkaCompatProxy`` in front of tansu, which itself listens on
+    ``internal_port`` and advertises ``port``. The proxy is started and stopped
+    together with the broker, so an outage closes the public port as well.
     """
 
     def __init__(
@@ -742,8 +764,12 @@ class EmbeddedBroker:
         start_timeout: float = 30.0,
         stop_timeout: float = 10.0,
         cluster_id: str = "tpa-embedded",
+        compat_proxy: bool = True,
     ) -> None:
         self._port = port
+        self.compat_proxy = compat_proxy
+        self._internal_port: int | None = None
+        self._proxy: KafkaCompatProxy | None = None
         self._binary = str(binary) if binary is not None else None
         self.log_path = Path(log_path) if log_path is not None else None
         self.start_timeout = start_timeout
@@ -763,6 +789,20 @@ class EmbeddedBroker:
             if self._port is None:
                 self._port = free_port(LOOPBACK)
             return self._port
+
+    @property
+    def internal_port(self) -> int:
+        """The port tansu itself listens on: ``port`` unless the compat proxy is used."""
+        with self._lock:
+            if not self.compat_proxy:
+                return self.port
+            if self._internal_port is None:
+                public = self.port
+                internal = free_port(LOOPBACK)
+                while internal == public:
+                    internal = free_port(LOOPBACK)
+                self._internal_port = internal
+            return self._internal_port
 
     @property
     def bootstrap_servers(self) -> str:
@@ -794,21 +834,21 @@ class EmbeddedBroker:
             return ""
 
     def start(self) -> EmbeddedBroker:
-        """Spawn the broker and block until its port accepts connections."""
+        """Spawn the broker (and the compat proxy) and block until the public port answers."""
         with self._lock:
             if self.running:
                 return self
             port = self.port
-            url = f"tcp://{self.host}:{port}"
+            internal = self.internal_port
             args = [
                 self.binary,
                 "broker",
                 "--cluster-id",
                 self.cluster_id,
                 "--listener-url",
-                url,
+                f"tcp://{self.host}:{internal}",
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.host}:{port}",
                 "--storage-engine",
                 "memory://tansu/",
             ]
@@ -830,11 +870,48 @@ class EmbeddedBroker:
             )
             self._paused = False
             try:
-                self._wait_ready(port)
+                self._wait_ready(internal)
+                if self.compat_proxy:
+                    self._start_proxy(port, internal)
             except BaseException:
                 self._terminate()
                 raise
             return self
+
+    def _start_proxy(self, port: int, internal: int) -> None:
+        """Start the compat proxy on the public port and check it end to end (ApiVersions)."""
+        self._stop_proxy()
+        proxy = KafkaCompatProxy(port, self.host, internal)
+        try:
+            proxy.start()
+        except EmbeddedInfraError as exc:
+            raise EmbeddedInfraError(f"{exc}\n--- broker output ---\n{self.output()}") from exc
+        self._proxy = proxy
+        assert self._proc is not None
+        deadline = time.monotonic() + self.start_timeout
+        last_error = ""
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise EmbeddedInfraError(
+                    f"tansu broker exited with code {code} during startup\n--- broker output ---\n{self.output()}"
+                )
+            try:
+                _api_versions_probe(self.host, port)
+                return
+            except (OSError, ValueError) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() > deadline:
+                raise EmbeddedInfraError(
+                    f"no ApiVersions answer through the compat proxy on {self.host}:{port} within "
+                    f"{self.start_timeout:.0f}s ({last_error})\n--- broker output ---\n{self.output()}"
+                )
+            time.sleep(0.05)
+
+    def _stop_proxy(self) -> None:
+        proxy, self._proxy = self._proxy, None
+        if proxy is not None:
+            proxy.stop()
 
     def _wait_ready(self, port: int) -> None:
         assert self._proc is not None
@@ -863,6 +940,14 @@ class EmbeddedBroker:
             time.sleep(0.05)
 
     def _terminate(self) -> None:
+        # The broker goes first, the proxy after it: tansu drains open connections
+        # (about 5 s) on SIGTERM, as it did when clients were connected to it directly.
+        try:
+            self._terminate_process()
+        finally:
+            self._stop_proxy()
+
+    def _terminate_process(self) -> None:
         proc = self._proc
         if proc is None:
             return
@@ -885,7 +970,10 @@ class EmbeddedBroker:
             self._output = None
 
     def stop(self) -> None:
-        """Terminate the broker (SIGTERM, then SIGKILL after ``stop_timeout``). The port is kept."""
+        """Terminate the broker (SIGTERM, then SIGKILL after ``stop_timeout``) and the proxy.
+
+        The ports are kept for the next ``start()``.
+        """
         with self._lock:
             self._terminate()
             # Keep the output of a temp file readable until the next start; a log file stays on disk.
@@ -923,9 +1011,388 @@ class EmbeddedBroker:
 
     def __del__(self) -> None:  # last resort; tests should call stop()
         with contextlib.suppress(Exception):
+            self._stop_proxy()
+        with contextlib.suppress(Exception):
             if self._proc is not None and self._proc.poll() is None:
                 self._proc.kill()
 
     def __repr__(self) -> str:
         port = self._port if self._port is not None else "?"
         return f"EmbeddedBroker(bootstrap_servers='{self.host}:{port}', running={self.running})"
+
+
+# --------------------------------------------------------------------------- #
+# Kafka-protocol compatibility proxy
+# --------------------------------------------------------------------------- #
+
+API_VERSIONS_KEY = 18
+# The first ApiVersions version with flexible (tagged-field) encoding.
+_API_VERSIONS_FLEXIBLE = 3
+# Top-level tagged fields of the ApiVersions response and their encoded defaults:
+# 0 SupportedFeatures (empty compact array), 1 FinalizedFeaturesEpoch (int64 -1),
+# 2 FinalizedFeatures (empty compact array), 3 ZkMigrationReady (false).
+_API_VERSIONS_DEFAULT_TAGS: dict[int, bytes] = {
+    0: b"\x01",
+    1: b"\xff" * 8,
+    2: b"\x01",
+    3: b"\x00",
+}
+_INT32 = struct.Struct(">i")
+_REQUEST_HEADER = struct.Struct(">hhi")  # api_key, api_version, correlation_id
+
+
+def _read_uvarint(buf: bytes, pos: int) -> tuple[int, int]:
+    """An unsigned varint (at most 32 bits) at ``pos``: (value, next position)."""
+    value = 0
+    for shift in range(0, 35, 7):
+        if pos >= len(buf):
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+    raise ValueError("varint longer than 5 bytes")
+
+
+def _encode_uvarint(value: int) -> bytes:
+    if value < 0:
+        raise ValueError("negative varint")
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _skip(buf: bytes, pos: int, size: int) -> int:
+    end = pos + size
+    if size < 0 or end > len(buf):
+        raise ValueError("truncated field")
+    return end
+
+
+def _read_tagged_fields(buf: bytes, pos: int) -> tuple[list[tuple[int, bytes]], int]:
+    count, pos = _read_uvarint(buf, pos)
+    fields: list[tuple[int, bytes]] = []
+    for _ in range(count):
+        tag, pos = _read_uvarint(buf, pos)
+        size, pos = _read_uvarint(buf, pos)
+        end = _skip(buf, pos, size)
+        fields.append((tag, buf[pos:end]))
+        pos = end
+    return fields, pos
+
+
+def _strip_api_versions_default_tags(payload: bytes) -> bytes:
+    # Response header v0: correlation_id only (ApiVersions never uses header tags).
+    pos = _skip(payload, 0, 4)
+    pos = _skip(payload, pos, 2)  # error_code
+    entries_plus_one, pos = _read_uvarint(payload, pos)
+    if entries_plus_one == 0:
+        raise ValueError("null api_keys array")
+    for _ in range(entries_plus_one - 1):
+        pos = _skip(payload, pos, 6)  # api_key, min_version, max_version
+        _, pos = _read_tagged_fields(payload, pos)
+    pos = _skip(payload, pos, 4)  # throttle_time_ms
+    keep = pos
+    fields, pos = _read_tagged_fields(payload, pos)
+    if pos != len(payload):
+        raise ValueError(f"{len(payload) - pos} trailing bytes")
+    kept = [(tag, value) for tag, value in fields if _API_VERSIONS_DEFAULT_TAGS.get(tag) != value]
+    if len(kept) == len(fields):
+        return payload
+    parts = [payload[:keep], _encode_uvarint(len(kept))]
+    for tag, value in kept:
+        parts += [_encode_uvarint(tag), _encode_uvarint(len(value)), value]
+    return b"".join(parts)
+
+
+def rewrite_api_versions_response(payload: bytes) -> bytes:
+    """Drop default-valued top-level tagged fields from an ApiVersions v3+ response.
+
+    ``payload`` is one response frame without its int32 size prefix (it begins
+    with the correlation id). Tags 0-3 are removed when they hold their default
+    values, any other tag is kept. Input that does not parse as a flexible
+    ApiVersions response is returned unchanged.
+    """
+    try:
+        return _strip_api_versions_default_tags(payload)
+    except ValueError as exc:
+        _log.debug("ApiVersions response left unchanged: %s", exc)
+        return payload
+
+
+def _api_versions_probe(host: str, port: int, timeout: float = 2.0) -> None:
+    """One ApiVersions v3 round trip on ``host:port``; raises OSError/ValueError on failure."""
+    correlation_id = 0x7470_6101
+    client_id = b"tpa-embedded-probe"
+    request = (
+        _REQUEST_HEADER.pack(API_VERSIONS_KEY, _API_VERSIONS_FLEXIBLE, correlation_id)
+        + struct.pack(">h", len(client_id))
+        + client_id
+        + b"\x00"  # request header tags
+        + b"\x04tpa\x020\x00"  # client_software_name, client_software_version, tags
+    )
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(_INT32.pack(len(request)) + request)
+        with sock.makefile("rb") as stream:
+            head = stream.read(4)
+            if len(head) != 4:
+                raise ValueError("connection closed before the ApiVersions response")
+            (size,) = _INT32.unpack(head)
+            if not 6 <= size <= 1 << 20:
+                raise ValueError(f"implausible ApiVersions response size {size}")
+            body = stream.read(size)
+    if len(body) != size:
+        raise ValueError("truncated ApiVersions response")
+    (answered,) = _INT32.unpack_from(body)
+    (error_code,) = struct.unpack_from(">h", body, 4)
+    if answered != correlation_id:
+        raise ValueError(f"ApiVersions response has correlation id {answered}, expected {correlation_id}")
+    if error_code != 0:
+        raise ValueError(f"ApiVersions error code {error_code}")
+
+
+class KafkaCompatProxy:
+    """A TCP proxy for the Kafka protocol that fixes up tansu's ApiVersions responses.
+
+    It listens on ``listen_host:listen_port`` (``listen_port=0``: any free port,
+    see ``port``) and opens one connection to ``upstream_host:upstream_port`` per
+    client connection. Frames are forwarded unchanged and in order in both
+    directions, except responses to ApiVersions v3+ requests, which go through
+    ``rewrite_api_versions_response``. The server runs on its own event loop in
+    a daemon thread; ``start()`` and ``stop()`` are synchronous.
+    """
+
+    def __init__(
+        self,
+        listen_port: int,
+        upstream_host: str,
+        upstream_port: int,
+        *,
+        listen_host: str = LOOPBACK,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.listen_host = listen_host
+        self.listen_port = listen_port
+        self.upstream_host = upstream_host
+        self.upstream_port = upstream_port
+        self.connect_timeout = connect_timeout
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._bound_port: int | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (differs from ``listen_port`` only when that is 0)."""
+        return self._bound_port if self._bound_port is not None else self.listen_port
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, timeout: float = 10.0) -> KafkaCompatProxy:
+        """Bind the listening socket and serve in a background thread."""
+        with self._lock:
+            if self.running:
+                return self
+            self._ready.clear()
+            self._start_error = None
+            self._thread = threading.Thread(
+                target=self._run, name=f"kafka-compat-proxy:{self.listen_port}", daemon=True
+            )
+            self._thread.start()
+            if not self._ready.wait(timeout):
+                raise EmbeddedInfraError(f"compat proxy on port {self.listen_port} did not start within {timeout}s")
+            if self._start_error is not None:
+                self._thread.join(timeout)
+                self._thread = None
+                raise EmbeddedInfraError(
+                    f"compat proxy could not listen on {self.listen_host}:{self.listen_port}: {self._start_error}"
+                ) from self._start_error
+            return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close the listening socket and every proxied connection, then end the thread."""
+        with self._lock:
+            thread, loop, stopping = self._thread, self._loop, self._stopping
+            if thread is None:
+                return
+            if loop is not None and stopping is not None:
+                with contextlib.suppress(RuntimeError):  # loop already closed
+                    loop.call_soon_threadsafe(stopping.set)
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+                if thread.is_alive():
+                    raise EmbeddedInfraError(f"compat proxy on port {self.port} did not stop within {timeout}s")
+            self._thread = None
+
+    def __enter__(self) -> KafkaCompatProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return (
+            f"KafkaCompatProxy({self.listen_host}:{self.port} -> "
+            f"{self.upstream_host}:{self.upstream_port}, running={self.running})"
+        )
+
+    # -- event loop thread -------------------------------------------------- #
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except BaseException as exc:  # noqa: BLE001 - reported to start() if it is still waiting
+            if not self._ready.is_set():
+                self._start_error = exc
+            else:
+                _log.warning("compat proxy on port %s failed: %r", self.port, exc)
+        finally:
+            self._ready.set()
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            self._loop = None
+
+    async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        try:
+            server = await asyncio.start_server(
+                self._handle, self.listen_host, self.listen_port, reuse_address=True
+            )
+        except OSError as exc:
+            self._start_error = exc
+            self._ready.set()
+            return
+        self._bound_port = int(server.sockets[0].getsockname()[1])
+        self._ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            server.close()
+            await asyncio.sleep(0)  # let handlers of just-accepted connections register
+            while self._connections:
+                tasks = list(self._connections)
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                self._connections.difference_update(tasks)
+            await server.wait_closed()
+
+    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._proxy_connection(client_reader, client_writer)
+        except asyncio.CancelledError:
+            # Only stop() cancels a connection; ending quietly keeps asyncio's
+            # connection callback from logging the cancellation as an error.
+            with contextlib.suppress(asyncio.CancelledError):
+                await _close_writer(client_writer)
+        finally:
+            self._connections.discard(task)
+
+    async def _proxy_connection(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            try:
+                upstream_reader, upstream_writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.upstream_host, self.upstream_port), self.connect_timeout
+                )
+            except (OSError, asyncio.TimeoutError) as exc:
+                _log.debug("compat proxy: upstream %s:%s unreachable: %r", self.upstream_host, self.upstream_port, exc)
+                return
+            pending: set[int] = set()  # correlation ids of ApiVersions v3+ requests in flight
+            pumps = [
+                asyncio.create_task(self._pump_requests(client_reader, upstream_writer, pending)),
+                asyncio.create_task(self._pump_responses(upstream_reader, client_writer, pending)),
+            ]
+            try:
+                # Either side closing (or failing) ends the whole connection.
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for pump in pumps:
+                    pump.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
+                await _close_writer(upstream_writer)
+        finally:
+            await _close_writer(client_writer)
+
+    @staticmethod
+    async def _read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
+        """(size prefix, payload) of the next frame; None at a clean end of stream."""
+        try:
+            head = await reader.readexactly(4)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                _log.debug("compat proxy: stream ended inside a frame header")
+            return None
+        (size,) = _INT32.unpack(head)
+        if size < 0:
+            raise ValueError(f"negative frame size {size}")
+        try:
+            payload = await reader.readexactly(size)
+        except asyncio.IncompleteReadError:
+            _log.debug("compat proxy: stream ended inside a frame of %d bytes", size)
+            return None
+        return head, payload
+
+    async def _pump_requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pending: set[int]
+    ) -> None:
+        try:
+            while (frame := await self._read_frame(reader)) is not None:
+                head, payload = frame
+                if len(payload) >= _REQUEST_HEADER.size:
+                    api_key, api_version, correlation_id = _REQUEST_HEADER.unpack_from(payload)
+                    if api_key == API_VERSIONS_KEY and api_version >= _API_VERSIONS_FLEXIBLE:
+                        pending.add(correlation_id)
+                writer.write(head)
+                writer.write(payload)
+                await writer.drain()
+        except (OSError, ValueError) as exc:
+            _log.debug("compat proxy: client -> broker ended: %r", exc)
+
+    async def _pump_responses(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pending: set[int]
+    ) -> None:
+        try:
+            while (frame := await self._read_frame(reader)) is not None:
+                head, payload = frame
+                if pending and len(payload) >= 4:
+                    (correlation_id,) = _INT32.unpack_from(payload)
+                    if correlation_id in pending:
+                        pending.discard(correlation_id)
+                        rewritten = rewrite_api_versions_response(payload)
+                        if rewritten is not payload:
+                            head, payload = _INT32.pack(len(rewritten)), rewritten
+                writer.write(head)
+                writer.write(payload)
+                await writer.drain()
+        except (OSError, ValueError) as exc:
+            _log.debug("compat proxy: broker -> client ended: %r", exc)
+
+
+async def _close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close a stream; abort it when the peer does not take the remaining data (e.g. SIGSTOPped)."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
+    except (OSError, asyncio.TimeoutError):
+        writer.transport.abort()
+    except asyncio.CancelledError:
+        writer.transport.abort()
+        raise

@@ -46,28 +46,42 @@ async def run_command(
                 return await handler(conn)
         for _ in range(2):
             try:
-                async with conn.transaction():
-                    prior = await conn.fetchrow(
-                        "SELECT request_hash, status_code, response FROM idempotency_keys"
-                        " WHERE scope = $1 AND key = $2", scope, key)
-                    if prior is not None:
-                        return _replay(prior, key, fingerprint)
-                    result = await handler(conn)
-                    if not 200 <= result.status_code < 300:
-                        return result  # only successes are remembered: a retry may succeed
-                    # Inserting the key takes its unique-index lock: a concurrent twin blocks
-                    # here until we commit, then fails and replays our result below.
-                    await conn.execute(
-                        "INSERT INTO idempotency_keys (scope, key, request_hash, status_code, response)"
-                        " VALUES ($1, $2, $3, $4, $5::jsonb)",
-                        scope, key, fingerprint, result.status_code, json.dumps(result.body, default=str))
-                    return result
+                return await _once(conn, handler, key, scope, fingerprint)
             except asyncpg.UniqueViolationError:
-                continue  # the twin committed first: read its result
-        prior = await conn.fetchrow(
-            "SELECT request_hash, status_code, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
-            scope, key)
+                pass  # the twin committed first: read its result
+            except Exception:
+                # The command failed, possibly because a concurrent twin with the same key
+                # committed first (e.g. it claimed the same person): then its result stands.
+                prior = await _stored(conn, scope, key)
+                if prior is not None:
+                    return _replay(prior, key, fingerprint)
+                raise
+        prior = await _stored(conn, scope, key)
         return _replay(prior, key, fingerprint)
+
+
+async def _stored(conn: Any, scope: str, key: str) -> Any:
+    return await conn.fetchrow(
+        "SELECT request_hash, status_code, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
+        scope, key)
+
+
+async def _once(conn: Any, handler: Callable[[Any], Awaitable[CommandResult]], key: str, scope: str,
+                fingerprint: str) -> CommandResult:
+    async with conn.transaction():
+        prior = await _stored(conn, scope, key)
+        if prior is not None:
+            return _replay(prior, key, fingerprint)
+        result = await handler(conn)
+        if not 200 <= result.status_code < 300:
+            return result  # only successes are remembered: a retry may succeed
+        # Inserting the key takes its unique-index lock: a concurrent twin blocks
+        # here until we commit, then fails and replays our result below.
+        await conn.execute(
+            "INSERT INTO idempotency_keys (scope, key, request_hash, status_code, response)"
+            " VALUES ($1, $2, $3, $4, $5::jsonb)",
+            scope, key, fingerprint, result.status_code, json.dumps(result.body, default=str))
+        return result
 
 
 def _replay(prior: Any, key: str, fingerprint: str) -> CommandResult:

@@ -27,7 +27,10 @@ async def ensure_topics(
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        to_create = [NewTopic(t, partitions, replication_factor) for t in sorted(wanted - existing)]
+        # Keep everything: consumers rebuild read models from the beginning of a topic.
+        configs = {"retention.ms": "-1", "retention.bytes": "-1"}
+        to_create = [NewTopic(t, partitions, replication_factor, topic_configs=configs)
+                     for t in sorted(wanted - existing)]
         if not to_create:
             return []
         try:

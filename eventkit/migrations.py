@@ -49,17 +49,17 @@ def load(component: str, directory: Path) -> list[Migration]:
 async def apply(conn, migrations: list[Migration]) -> list[str]:
     """Apply what is not applied yet; return the names applied now."""
     applied_now: list[str] = []
-    await conn.execute(
-        """CREATE TABLE IF NOT EXISTS schema_migrations (
-               component  text NOT NULL,
-               version    integer NOT NULL,
-               name       text NOT NULL,
-               checksum   text NOT NULL,
-               applied_at timestamptz NOT NULL DEFAULT now(),
-               PRIMARY KEY (component, version))"""
-    )
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   component  text NOT NULL,
+                   version    integer NOT NULL,
+                   name       text NOT NULL,
+                   checksum   text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now(),
+                   PRIMARY KEY (component, version))"""
+        )
         rows = await conn.fetch("SELECT component, version, name, checksum FROM schema_migrations")
         done = {(r["component"], r["version"]): r for r in rows}
         for mig in migrations:

@@ -83,6 +83,22 @@ class Message:
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedMessage(f"not a TPA event envelope: {exc!r}") from exc
 
+    @property
+    def key(self) -> str:
+        """Tracking key: the stream within its producing service (sources never share streams)."""
+        return f"{self.source}#{self.stream_id}" if self.source else self.stream_id
+
+    def origin(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset,
+                "headers": [[k, v.decode("utf-8", "replace")] for k, v in self.headers]}
+
+    @classmethod
+    def from_parked(cls, env: dict[str, Any]) -> "Message":
+        origin = env.get("_origin") or {}
+        return cls.from_envelope(env, topic=origin.get("topic", ""), partition=origin.get("partition", -1),
+                                 offset=origin.get("offset", -1),
+                                 headers=tuple((k, v.encode()) for k, v in origin.get("headers", [])))
+
     def to_envelope(self) -> dict[str, Any]:
         return {
             "event_id": self.event_id, "event_type": self.event_type,
@@ -227,8 +243,8 @@ class ProjectionRunner:
             max_poll_records=self.batch_size,
             metadata_max_age_ms=10_000,
         )
-        await consumer.start()
         try:
+            await consumer.start()
             await self._drain_all_held()
             loop = asyncio.get_running_loop()
             last_epoch_check = loop.time()
@@ -304,9 +320,9 @@ class ProjectionRunner:
                     "SELECT epoch FROM projection_state WHERE projection = $1 FOR SHARE", self.name)
                 if epoch != self.epoch:
                     raise _EpochChanged()
-                tracked = await self._lock_tracking(conn, {m.stream_id for m in messages})
+                tracked = await self._lock_tracking(conn, {m.key for m in messages})
                 for msg in messages:
-                    current = tracked[msg.stream_id]
+                    current = tracked[msg.key]
                     if msg.version <= current:
                         self.metrics.duplicates.labels(self.name).inc()
                         continue
@@ -314,22 +330,20 @@ class ProjectionRunner:
                         reason = f"gap: expected version {current + 1}, got {msg.version}"
                         await self._park(conn, msg, reason)
                         held_changed = True
-                        log.warning("projection %s: holding stream %s (%s)", self.name, msg.stream_id, reason)
+                        log.warning("projection %s: holding stream %s (%s)", self.name, msg.key, reason)
                         continue
                     error = await self._apply_with_retries(conn, msg)
-                    if error is None:
-                        tracked[msg.stream_id] = msg.version
-                        tracked[msg.stream_id] = await self._drain_parked(conn, msg.stream_id, msg.version)
-                        if tracked[msg.stream_id] != msg.version:
-                            held_changed = True
-                    elif self.projection.strict:
+                    if error is not None and self.projection.strict:
                         await self._park(conn, msg, f"failed: {error}")
                         held_changed = True
                         log.error("projection %s: holding stream %s at version %d: %s",
-                                  self.name, msg.stream_id, msg.version, error)
-                    else:
+                                  self.name, msg.key, msg.version, error)
+                        continue
+                    if error is not None:
                         dead.append((msg, error))
-                        tracked[msg.stream_id] = msg.version
+                    tracked[msg.key] = await self._drain_parked(conn, msg.key, msg.version)
+                    if tracked[msg.key] != msg.version:
+                        held_changed = True
                 await self._save_tracking(conn, tracked)
                 # Dead letters are sent before the commit: at worst a retried batch sends twice.
                 for item, error in dead:
@@ -364,7 +378,7 @@ class ProjectionRunner:
             "INSERT INTO projection_parked (projection, stream_id, version, envelope, reason)"
             " VALUES ($1, $2, $3, $4::jsonb, $5)"
             " ON CONFLICT (projection, stream_id, version) DO UPDATE SET reason = EXCLUDED.reason",
-            self.name, msg.stream_id, msg.version, json.dumps(msg.to_envelope()), reason)
+            self.name, msg.key, msg.version, json.dumps({**msg.to_envelope(), "_origin": msg.origin()}), reason)
 
     async def _apply_with_retries(self, conn: Any, msg: Message) -> str | None:
         """Apply in a savepoint; return None on success or the last error."""
@@ -408,7 +422,7 @@ class ProjectionRunner:
                     " AND version <= $3", self.name, stream_id, version)
                 return version
             env = row["envelope"]
-            msg = Message.from_envelope(json.loads(env) if isinstance(env, str) else env)
+            msg = Message.from_parked(json.loads(env) if isinstance(env, str) else env)
             error = await self._apply_with_retries(conn, msg)
             if error is not None:
                 if self.projection.strict:

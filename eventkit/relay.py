@@ -17,15 +17,15 @@ Failure handling:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
 
@@ -93,8 +93,10 @@ class Relay:
         batch_size: int = 500,
         poll_interval: float = 1.0,
         lost_data_check_interval: float = 5.0,
+        pre_publish_check_interval: float = 0.5,
         max_backoff: float = 10.0,
         on_published: Callable[[int], None] | None = None,
+        on_rewind: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.service = service
@@ -107,8 +109,10 @@ class Relay:
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.lost_data_check_interval = lost_data_check_interval
+        self.pre_publish_check_interval = pre_publish_check_interval
         self.max_backoff = max_backoff
         self.on_published = on_published
+        self.on_rewind = on_rewind
         self.stats = RelayStats()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -127,6 +131,7 @@ class Relay:
                     await self._ensure_checkpoint_row()
                     if self._listen_conn is None:
                         await self._listen()
+                        await self._become_leader()
                     producer = self._new_producer()
                     await producer.start()
                     self.stats.connected = True
@@ -145,6 +150,7 @@ class Relay:
                     self.stats.failures += 1
                     self.stats.last_error = repr(exc)
                     log.exception("relay %s: unexpected error, retrying in %.1fs", self.name, backoff)
+                    await self._unlisten()  # a fresh session (and publisher lock) on the next round
                 finally:
                     if producer is not None:
                         await _quiet_stop(producer)
@@ -172,20 +178,40 @@ class Relay:
         )
 
     async def _listen(self) -> None:
+        """A dedicated session: LISTEN for appends, and hold the publisher lock."""
+        self._listen_conn = await self.store.pool.acquire()
         try:
-            self._listen_conn = await self.store.pool.acquire()
             await self._listen_conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
         except Exception:  # polling still works without LISTEN
             log.exception("relay %s: LISTEN failed, falling back to polling", self.name)
-            self._listen_conn = None
+
+    async def _become_leader(self) -> None:
+        """One publishing relay per store: replicas of a service wait on a session advisory lock
+        (released when the holder's connection ends), so the checkpoint only moves forward."""
+        key = int.from_bytes(hashlib.sha256(f"tpa-relay:{self.name}".encode()).digest()[:8], "big", signed=True)
+        conn = self._listen_conn
+        if conn is None:
+            raise RuntimeError("relay has no database session")
+        waiting = False
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            if not waiting:
+                log.info("relay %s: another replica is publishing; standing by", self.name)
+                waiting = True
+            await asyncio.sleep(self.poll_interval)
+        if waiting:
+            log.info("relay %s: took over publishing", self.name)
 
     async def _unlisten(self) -> None:
-        if self._listen_conn is not None:
-            try:
-                await self._listen_conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-            finally:
-                await self.store.pool.release(self._listen_conn)
-                self._listen_conn = None
+        conn, self._listen_conn = self._listen_conn, None
+        if conn is None:
+            return
+        try:
+            await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+            await conn.execute("SELECT pg_advisory_unlock_all()")
+        except Exception:  # the session is broken: closing it releases everything
+            conn.terminate()
+        finally:
+            await self.store.pool.release(conn)
 
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()
@@ -237,6 +263,8 @@ class Relay:
         self._known_topics.clear()
         self.stats.partition_offsets.clear()
         self.stats.republish_rewinds += 1
+        if self.on_rewind is not None:
+            self.on_rewind()
 
     async def _publish_loop(self, producer: AIOKafkaProducer) -> None:
         loop = asyncio.get_running_loop()
@@ -248,6 +276,13 @@ class Relay:
             position = await self._checkpoint()
             self.stats.checkpoint = position
             events = await self.store.read_all(position, self.batch_size)
+            if events and loop.time() - last_check >= self.pre_publish_check_interval:
+                # A broker that lost its log (and may auto-create topics on produce) must be
+                # noticed before new events go out ahead of the ones it lost.
+                await self._check_lost_data(producer)
+                last_check = loop.time()
+                position = await self._checkpoint()
+                events = await self.store.read_all(position, self.batch_size)
             if not events:
                 self.stats.head = position
                 self._wake.clear()

@@ -8,6 +8,7 @@ happens until the ASGI lifespan starts it: no I/O at import time.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -15,7 +16,11 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
 import asyncpg
+from http import HTTPStatus
+
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, Response
 
 from . import migrations as mig
@@ -90,6 +95,8 @@ class ServiceRuntime:
         if applied:
             log.info("applied migrations %s", applied)
         self.store = EventStore(self.pool, on_append=self.metrics.events_appended.labels(self.service).inc)
+        if self._extra_startup is not None:  # before the background tasks that may need what it binds
+            await self._extra_startup(self)
         if self.with_relay:
             self.relay = Relay(
                 name=self.service, service=self.service, store=self.store,
@@ -98,6 +105,7 @@ class ServiceRuntime:
                 batch_size=s.relay_batch_size, poll_interval=s.relay_poll_interval,
                 lost_data_check_interval=s.relay_lost_data_check_interval,
                 on_published=self.metrics.relay_published.labels(self.service).inc,
+                on_rewind=self.metrics.relay_rewinds.labels(self.service).inc,
             )
             self._spawn(self.relay.run(), f"relay-{self.service}")
         for projection in self.projections:
@@ -110,8 +118,6 @@ class ServiceRuntime:
             )
             self.runners.append(runner)
             self._spawn(runner.run(), f"projection-{projection.name}")
-        if self._extra_startup is not None:
-            await self._extra_startup(self)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -178,6 +184,22 @@ class ServiceRuntime:
         runtime = self
 
         @app.middleware("http")
+        async def reject_unstorable_text(request: Request, call_next):
+            # PostgreSQL cannot store NUL characters or lone UTF-16 surrogates: refuse them up front
+            # with a clear 422 instead of failing half-way through a command.
+            if request.method in ("POST", "PUT", "PATCH") and \
+                    request.headers.get("content-type", "").startswith("application/json"):
+                body = await request.body()
+                try:
+                    bad = _unstorable(json.loads(body)) if body else None
+                except ValueError:
+                    bad = None  # not JSON: FastAPI's own validation answers
+                if bad is not None:
+                    return problem(422, "invalid_text", "Invalid request",
+                                   f"{bad}: text must not contain NUL characters or unpaired surrogates")
+            return await call_next(request)
+
+        @app.middleware("http")
         async def correlation(request: Request, call_next):
             cid = request.headers.get("x-correlation-id") or str(uuid.uuid4())
             token = correlation_id.set(cid)
@@ -203,6 +225,30 @@ class ServiceRuntime:
         async def on_not_found(request: Request, exc: StreamNotFound):
             return problem(404, "not_found", "Not found", str(exc))
 
+        @app.exception_handler(RequestValidationError)
+        async def on_invalid(request: Request, exc: RequestValidationError):
+            errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+                      for e in exc.errors()]
+            first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+            return problem(422, "validation_error", "Invalid request",
+                           f"{'.'.join(first['loc'])}: {first['msg']}", errors=errors)
+
+        @app.exception_handler(Exception)
+        async def on_unexpected(request: Request, exc: Exception):
+            log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+            return problem(500, "internal_error", "Internal server error",
+                           "the error was logged with this request's correlation id")
+
+        @app.exception_handler(StarletteHTTPException)
+        async def on_http_error(request: Request, exc: StarletteHTTPException):
+            code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+            response = problem(exc.status_code, code, HTTPStatus(exc.status_code).phrase, str(exc.detail))
+            for k, v in (exc.headers or {}).items():
+                response.headers[k] = v
+            if exc.status_code == 405:  # list every method the path supports, not the first route's
+                response.headers["Allow"] = ", ".join(_allowed_methods(request))
+            return response
+
         @app.get("/healthz", tags=["operations"], summary="Liveness")
         async def healthz() -> dict[str, str]:
             return {"status": "ok", "service": runtime.service}
@@ -217,9 +263,10 @@ class ServiceRuntime:
             except Exception as exc:  # noqa: BLE001 - reported, not raised
                 checks["database"] = f"unreachable: {type(exc).__name__}"
             checks["broker"] = "ok" if await runtime.broker_reachable() else "unreachable"
-            ready = all(v == "ok" for v in checks.values())
-            return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
-                                status_code=200 if ready else 503)
+            if all(v == "ok" for v in checks.values()):
+                return JSONResponse({"status": "ready", "checks": checks})
+            return problem(503, "not_ready", "Service not ready",
+                           ", ".join(f"{k} {v}" for k, v in checks.items() if v != "ok"), checks=checks)
 
         @app.get("/metrics", tags=["operations"], summary="Prometheus metrics",
                  response_class=Response)
@@ -229,15 +276,105 @@ class ServiceRuntime:
 
         for router in routers:
             app.include_router(router)
+        install_problem_openapi(app)
         FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
         return app
 
     async def refresh_gauges(self) -> None:
         if self.relay is not None and self.store is not None and self.pool is not None:
             head = await self.store.head_position()
+            checkpoint = await self.pool.fetchval(  # the store's, whichever replica publishes
+                "SELECT position FROM relay_checkpoint WHERE relay = $1", self.relay.name) or 0
             self.relay.stats.head = head
-            self.metrics.relay_lag.labels(self.service).set(max(0, head - self.relay.stats.checkpoint))
+            self.metrics.relay_lag.labels(self.service).set(max(0, head - checkpoint))
             self.metrics.relay_connected.labels(self.service).set(1 if self.relay.stats.connected else 0)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Methods some route fully matches for this path (probing each method)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            methods.add(method)
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+def _unstorable(value: Any, where: str = "body") -> str | None:
+    """Where a JSON value holds text PostgreSQL cannot store, or None."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return where
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _unstorable(k, where) or _unstorable(v, f"{where}.{k}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _unstorable(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 406: "not_acceptable", 413: "payload_too_large",
+               415: "unsupported_media_type", 429: "too_many_requests"}
+
+PROBLEM_SCHEMA = {
+    "title": "Problem",
+    "type": "object",
+    "description": "RFC 9457 problem details with a machine-readable `code`.",
+    "required": ["type", "title", "status", "code"],
+    "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+        "code": {"type": "string"}, "detail": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+    "additionalProperties": True,
+}
+
+
+def install_problem_openapi(app: FastAPI) -> None:
+    """Document every error response as application/problem+json with the Problem schema,
+    and the errors any operation can give (400 unreadable body, 422 invalid request)."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        ref = {"$ref": "#/components/schemas/Problem"}
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                if not isinstance(operation, dict) or "responses" not in operation:
+                    continue
+                responses = operation["responses"]
+                has_input = bool(operation.get("parameters") or operation.get("requestBody"))
+                if has_input:
+                    responses.setdefault("422", {"description": "Invalid request"})
+                if operation.get("requestBody"):
+                    responses.setdefault("400", {"description": "Unreadable request body"})
+                for status, response in responses.items():
+                    if status.isdigit() and int(status) >= 400:
+                        response["content"] = {"application/problem+json": {"schema": ref}}
+        schema["components"]["schemas"].pop("HTTPValidationError", None)
+        schema["components"]["schemas"].pop("ValidationError", None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def runtime_of(request: Request) -> ServiceRuntime:

@@ -16,7 +16,9 @@ SERVICES = ("registry", "workflow", "funds", "monitoring", "gateway")
 
 
 class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    # Field names work as constructor arguments; from the environment only the prefixed
+    # (or the explicitly aliased, conventional) variable names are read.
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, case_sensitive=True)
 
     service: str
     database_url: str | None = None
@@ -24,22 +26,22 @@ class ServiceSettings(BaseSettings):
     port: int = 0
 
     kafka_bootstrap_servers: str | None = Field(
-        default=None, validation_alias=AliasChoices("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS")
+        default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS")
     )
     # Idempotent producer: on for Apache Kafka, off for the embedded broker (it rejects it).
     kafka_enable_idempotence: bool = Field(
-        default=True, validation_alias=AliasChoices("kafka_enable_idempotence", "KAFKA_ENABLE_IDEMPOTENCE")
+        default=True, validation_alias=AliasChoices("KAFKA_ENABLE_IDEMPOTENCE")
     )
     kafka_topic_partitions: int = Field(
-        default=3, validation_alias=AliasChoices("kafka_topic_partitions", "KAFKA_TOPIC_PARTITIONS")
+        default=3, validation_alias=AliasChoices("KAFKA_TOPIC_PARTITIONS")
     )
     kafka_replication_factor: int = Field(
-        default=1, validation_alias=AliasChoices("kafka_replication_factor", "KAFKA_REPLICATION_FACTOR")
+        default=1, validation_alias=AliasChoices("KAFKA_REPLICATION_FACTOR")
     )
 
     # Consumer groups are named <prefix>.<service>.<projection>.e<epoch>.
     kafka_group_prefix: str = Field(
-        default="tpa", validation_alias=AliasChoices("kafka_group_prefix", "KAFKA_GROUP_PREFIX")
+        default="tpa", validation_alias=AliasChoices("KAFKA_GROUP_PREFIX")
     )
 
     relay_batch_size: int = 500
@@ -48,15 +50,18 @@ class ServiceSettings(BaseSettings):
     projection_max_retries: int = 3
     projection_batch_size: int = 500
 
-    log_level: str = Field(default="INFO", validation_alias=AliasChoices("log_level", "TPA_LOG_LEVEL"))
-    log_json: bool = Field(default=True, validation_alias=AliasChoices("log_json", "TPA_LOG_JSON"))
+    # Registry: secret key of the keyed hash (HMAC-SHA256) of resident ID numbers.
+    id_hmac_key: str | None = None
+
+    log_level: str = Field(default="INFO", validation_alias=AliasChoices("TPA_LOG_LEVEL"))
+    log_json: bool = Field(default=True, validation_alias=AliasChoices("TPA_LOG_JSON"))
 
     # Where the gateway finds the services it routes to.
-    registry_url: str | None = Field(default=None, validation_alias=AliasChoices("registry_url", "TPA_REGISTRY_URL"))
-    workflow_url: str | None = Field(default=None, validation_alias=AliasChoices("workflow_url", "TPA_WORKFLOW_URL"))
-    funds_url: str | None = Field(default=None, validation_alias=AliasChoices("funds_url", "TPA_FUNDS_URL"))
+    registry_url: str | None = Field(default=None, validation_alias=AliasChoices("TPA_REGISTRY_URL"))
+    workflow_url: str | None = Field(default=None, validation_alias=AliasChoices("TPA_WORKFLOW_URL"))
+    funds_url: str | None = Field(default=None, validation_alias=AliasChoices("TPA_FUNDS_URL"))
     monitoring_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("monitoring_url", "TPA_MONITORING_URL")
+        default=None, validation_alias=AliasChoices("TPA_MONITORING_URL")
     )
 
     @property
@@ -72,6 +77,7 @@ def load_settings(service: str, **overrides: Any) -> ServiceSettings:
     prefix = f"TPA_{service.upper()}_"
 
     class _Settings(ServiceSettings):
-        model_config = SettingsConfigDict(env_prefix=prefix, extra="ignore", populate_by_name=True)
+        model_config = SettingsConfigDict(env_prefix=prefix, extra="ignore", populate_by_name=True,
+                                          case_sensitive=False)
 
     return _Settings(service=service, **overrides)

@@ -122,5 +122,7 @@ def unique() -> Callable[[str], str]:
 
 
 def village_code() -> str:
-    """A random 12-digit village code."""
-    return f"{uuid.uuid4().int % 10**12:012d}"
+    """A random, well-formed 12-digit village code (no level's digits all zero)."""
+    n = uuid.uuid4().int
+    parts = [(n >> 8 * i) % 90 + 10 for i in range(3)] + [(n >> 40) % 899 + 101, (n >> 60) % 899 + 101]
+    return "{:02d}{:02d}{:02d}{:03d}{:03d}".format(*parts)

@@ -12,6 +12,9 @@ from eventkit.embedded import free_port
 from eventkit.settings import load_settings
 
 
+TEST_HMAC_KEY = "test-only-hmac-key-0123456789abcdef0123456789"
+
+
 @asynccontextmanager
 async def serve(runtime: Any, port: int) -> AsyncIterator[str]:
     config = uvicorn.Config(runtime.app, host="127.0.0.1", port=port, lifespan="on", log_config=None,
@@ -32,9 +35,13 @@ async def serve(runtime: Any, port: int) -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def running_platform(infra: Any, databases: Any, group_prefix: str,
-                           services: tuple[str, ...] = ("registry", "monitoring", "gateway")
-                           ) -> AsyncIterator[dict[str, Any]]:
-    """Start the given services (in this order) and yield {name: (url, runtime)}."""
+                           services: tuple[str, ...] = ("registry", "monitoring", "gateway"),
+                           dsns: dict[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
+    """Start the given services (in this order) and yield {name: (url, runtime)}.
+
+    `dsns` reuses databases (a restart); the DSNs used are left in it for the next start.
+    """
+    dsns = dsns if dsns is not None else {}
     import importlib
 
     ports = {s: free_port() for s in services}
@@ -44,9 +51,10 @@ async def running_platform(infra: Any, databases: Any, group_prefix: str,
     try:
         for s in services:
             settings = load_settings(
-                s, database_url=await databases(), kafka_bootstrap_servers=infra.bootstrap_servers,
+                s, database_url=dsns.get(s) or dsns.setdefault(s, await databases()),
+                kafka_bootstrap_servers=infra.bootstrap_servers,
                 kafka_enable_idempotence=infra.idempotence, kafka_group_prefix=group_prefix,
-                relay_poll_interval=0.2, registry_url=urls.get("registry"),
+                relay_poll_interval=0.2, id_hmac_key=TEST_HMAC_KEY, registry_url=urls.get("registry"),
                 monitoring_url=urls.get("monitoring"))
             runtime = importlib.import_module(f"services.{s}.app").build(settings)
             cm = serve(runtime, ports[s])

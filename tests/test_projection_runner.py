@@ -125,7 +125,7 @@ async def test_a_gap_holds_the_stream_until_the_missing_version_arrives(setup, p
         await wait_until(lambda: _is(tally(pool, "t"), (7, [1])))
         await wait_until(lambda: _is(tally(pool, "s"), (1, [1])))
         held = await wait_until(runner.held_streams)
-        assert held[0]["stream_id"] == "s" and held[0]["first_parked"] == 3
+        assert held[0]["stream_id"] == "/tpa/registry#s" and held[0]["first_parked"] == 3
         assert "expected version 2" in held[0]["reason"]
         assert metrics.held_streams.labels("tally")._value.get() == 1
         await send(infra, topic, [("s", 2, 10)])  # the missing event (e.g. a relay republish)
@@ -164,7 +164,7 @@ async def test_a_strict_projection_holds_the_stream_instead_of_skipping(setup, p
         await send(infra, topic, [("L", 1, 1), ("L", 2, 10), ("L", 3, 100), ("M", 1, 5)])
         await wait_until(lambda: _is(tally(pool, "M"), (5, [1])))
         held = await wait_until(runner.held_streams)
-        assert held[0]["stream_id"] == "L" and held[0]["first_parked"] == 2 and held[0]["parked"] == 2
+        assert held[0]["stream_id"] == "/tpa/registry#L" and held[0]["first_parked"] == 2 and held[0]["parked"] == 2
         assert await tally(pool, "L") == (1, [1])
     assert await read_topic(infra.bootstrap_servers, dlq_topic(topic)) == []
     # The fault is fixed (a new release): on start the runner applies the held events in order.
@@ -186,3 +186,16 @@ async def test_rebuild_replays_the_read_model_from_the_beginning(setup, pool, in
         assert await rebuild(pool, projection) == 2
         await wait_until(lambda: _is(tally(pool, "r"), (3, [1, 2])), timeout=30)
         assert runner.epoch == 2
+
+
+async def test_a_dead_lettered_event_releases_the_events_parked_behind_it(setup, pool, infra, unique):
+    topic = setup
+    runner = runner_for(Tally("tally", topic, poison={("q", 2)}), pool, infra, unique)
+    async with background(runner.run()):
+        await send(infra, topic, [("q", 1, 1), ("q", 3, 100)])
+        await wait_until(runner.held_streams)
+        await send(infra, topic, [("q", 2, 10)])  # arrives, fails, is dead-lettered
+        await wait_until(lambda: _is(tally(pool, "q"), (101, [1, 3])))
+        assert await runner.held_streams() == []
+        dead = await wait_until(lambda: _len(read_topic(infra.bootstrap_servers, dlq_topic(topic)), 1))
+        assert dict(dead[0].headers)["tpa_original_topic"] == topic.encode()

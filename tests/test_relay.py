@@ -11,10 +11,9 @@ import pytest
 
 from contracts.topics import topic_name
 from eventkit.events import Metadata, NewEvent
-from eventkit.metrics import Metrics
 from eventkit.relay import Relay
 from eventkit.store import ANY, NO_STREAM, EventStore
-from eventkit.testing import background, envelopes, read_topic, wait_until
+from eventkit.testing import background, read_topic, wait_until
 
 
 SERVICE = "registry"
@@ -158,3 +157,22 @@ async def test_relay_republishes_when_the_broker_lost_its_log(pool, infra, uniqu
     by_key = per_key_versions(records)
     assert first_occurrences(by_key["k0"]) == [1, 2, 3]
     assert first_occurrences(by_key["k1"]) == [1, 2]
+
+
+async def test_only_one_relay_per_store_publishes(pool, infra, unique):
+    name, kind = unique("relay"), unique("thing")
+    store = EventStore(pool)
+    first, second = make_relay(pool, infra, name), make_relay(pool, infra, name)
+    async with background(first.run()):
+        await wait_until(lambda: _is_connected(first))
+        async with background(second.run()):
+            await store.append("x", kind, NO_STREAM, [NewEvent("X", {"i": i}) for i in range(5)])
+            await wait_until(lambda: _eq(checkpoint(pool, first), 5))
+            await asyncio.sleep(1)
+            assert first.stats.published == 5 and second.stats.published == 0  # the replica stands by
+    records = await read_topic(infra.bootstrap_servers, topic_name(SERVICE, kind))
+    assert [json.loads(r.value)["version"] for r in records] == [1, 2, 3, 4, 5]
+
+
+async def _is_connected(relay: Relay) -> bool:
+    return relay.stats.connected
