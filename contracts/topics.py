@@ -17,7 +17,8 @@ from typing import Any, Mapping
 
 from contracts.base import SERVICES, EventModel, topic_name  # noqa: F401 (SERVICES, topic_name re-exported)
 from contracts.envelope import EventEnvelope
-from contracts.registry import HOUSEHOLD, HouseholdRegistered
+from contracts.registry import HOUSEHOLD, HOUSEHOLD_EVENTS, VILLAGE, VILLAGE_EVENTS
+from contracts.workflow import CASE, CaseConcluded
 
 # CloudEvents Kafka binary binding headers.
 HEADER_CE_SPECVERSION = "ce_specversion"
@@ -54,7 +55,9 @@ def _topic(service: str, aggregate: str, key: str, *events: type[EventModel]) ->
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (
-        _topic("registry", HOUSEHOLD, "stream id (household id)", HouseholdRegistered),
+        _topic("registry", HOUSEHOLD, "stream id (household id)", *HOUSEHOLD_EVENTS),
+        _topic("registry", VILLAGE, "stream id (village code)", *VILLAGE_EVENTS),
+        _topic("workflow", CASE, "stream id (case id)", CaseConcluded),
     )
 }
 

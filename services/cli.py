@@ -103,6 +103,19 @@ def cmd_projections(args: argparse.Namespace) -> int:
 
 # -- up ------------------------------------------------------------------------------
 
+def _local_secret(name: str) -> str:
+    """A random secret kept in the state folder (mode 0600), stable across restarts."""
+    path = STATE_DIR / "secrets" / name
+    if not path.exists():
+        import secrets
+
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
 def _http_json(url: str, body: Any = None, timeout: float = 5.0, headers: dict | None = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
@@ -133,13 +146,70 @@ def _wait_ready(urls: dict[str, str], procs: dict[str, subprocess.Popen], timeou
             time.sleep(0.3)
 
 
-def demo_flow(gateway: str, timeout: float = 30.0) -> dict[str, Any]:
+DEMO_COUNTY = "620102"  # Chengguan district of Lanzhou (a real GB/T 2260 code)
+
+
+DEMO_VILLAGE = f"{DEMO_COUNTY}998001"  # a generated village kept for the walking-skeleton registration
+
+
+async def seed_demo_village(dsn: str) -> str:
+    """Make sure the demo county (real GB/T 2260 code) and a dedicated demo village exist."""
+    import asyncpg
+
+    from services.registry import regions
+
+    wanted, code = set(), regions.normalise(DEMO_COUNTY)
+    while code is not None:
+        wanted.add(code)
+        code = regions.parent_of(code)
+    chain = [r for r in regions.county_divisions() if r.code in wanted]
+    chain += [regions.Region.of(DEMO_VILLAGE[:9] + "000", "演示乡", "generated"),
+              regions.Region.of(DEMO_VILLAGE, "演示村", "generated")]
+    conn = await asyncpg.connect(dsn)
+    try:
+        await regions.load_regions(conn, chain)
+    finally:
+        await conn.close()
+    return DEMO_VILLAGE
+
+
+async def _has_households(dsn: str) -> bool:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM events WHERE stream_type = 'household')"))
+    finally:
+        await conn.close()
+
+
+def load_demo_county(env: dict[str, str], households: int) -> None:
+    """First start: generate a synthetic county and load it through the bulk-import path."""
+    out = STATE_DIR / "demo" / f"demo-{DEMO_COUNTY}-{households}.xlsx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "services.cli", "demo-data", "--county", DEMO_COUNTY,
+                    "--households", str(households), "--seed", "1", "--out", str(out), "--load"],
+                   env=env, check=True)
+
+
+def demo_flow(gateway: str, village: str, timeout: float = 30.0) -> dict[str, Any]:
     """Register one household through the gateway and wait until monitoring counts it."""
-    village = "620102001001"
+    import random
+
+    from services.registry.identity import check_character
+
     _, before = _http_json(f"{gateway}/api/v1/villages/{village}/households")
-    status, created = _http_json(f"{gateway}/api/v1/households",
-                                 {"village_code": village, "member_count": 4},
-                                 headers={"Idempotency-Key": f"demo-{time.time_ns()}"})
+    rng = random.Random()
+    for _ in range(10):  # a person may be registered already (by an earlier demo run): pick another
+        first17 = f"{DEMO_COUNTY}{rng.randint(1950, 1999)}0{rng.randint(1, 9)}1{rng.randint(0, 8)}" \
+                  f"{rng.randint(0, 999):03d}"
+        head = {"name": "王建国", "id_number": first17 + check_character(first17), "relation": "head",
+                "sex": "male" if int(first17[16]) % 2 else "female"}
+        status, created = _http_json(f"{gateway}/api/v1/households",
+                                     {"village_code": village, "address": "一组1号", "members": [head]},
+                                     headers={"Idempotency-Key": f"demo-{time.time_ns()}"})
+        if status != 409:
+            break
     if status != 201:
         raise RuntimeError(f"registration through the gateway failed: {status} {created}")
     deadline = time.monotonic() + timeout
@@ -153,6 +223,7 @@ def demo_flow(gateway: str, timeout: float = 30.0) -> dict[str, Any]:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from eventkit.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+    from eventkit.embedded import die_with_parent
 
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -181,6 +252,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
             env["KAFKA_ENABLE_IDEMPOTENCE"] = "false"  # the embedded broker rejects it
             print(f"Kafka-protocol broker (embedded Tansu, in memory): {broker.bootstrap_servers}")
+        if not env.get("TPA_REGISTRY_ID_HMAC_KEY"):
+            env["TPA_REGISTRY_ID_HMAC_KEY"] = _local_secret("registry-id-hmac-key")
         urls: dict[str, str] = {}
         for s in SERVICES:
             port_var = f"TPA_{s.upper()}_PORT"
@@ -188,16 +261,25 @@ def cmd_up(args: argparse.Namespace) -> int:
                 env[port_var] = str(free_port())
             urls[s] = f"http://127.0.0.1:{env[port_var]}"
             env.setdefault(f"TPA_{s.upper()}_URL", urls[s])
-        (STATE_DIR / RUNTIME_ENV).write_text("".join(
-            f"{k}={env[k]}\n" for k in sorted(env)
-            if k.startswith(("TPA_", "KAFKA_")) and k != "TPA_STATE_DIR"))
+        runtime_env = STATE_DIR / RUNTIME_ENV
+        runtime_env.unlink(missing_ok=True)
+        fd = os.open(runtime_env, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds secrets
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(f"{k}={env[k]}\n" for k in sorted(env)
+                            if k.startswith(("TPA_", "KAFKA_")) and k != "TPA_STATE_DIR"))
         for s in SERVICES:
-            procs[s] = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", s], env=env)
+            # The services die with `tpa up`, even when it is killed without a chance to clean up.
+            procs[s] = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", s], env=env,
+                                        preexec_fn=die_with_parent())
         _wait_ready(urls, procs, args.timeout)
         gateway = urls["gateway"]
         print(f"\nTPA is up. Gateway: {gateway}  (OpenAPI: {gateway}/docs)")
+        registry_dsn = env["TPA_REGISTRY_DATABASE_URL"]
+        if args.demo_households > 0 and not asyncio.run(_has_households(registry_dsn)):
+            print(f"Loading a synthetic county ({args.demo_households} households) through the bulk import...")
+            load_demo_county(env, args.demo_households)
         if not args.no_demo_event:
-            result = demo_flow(gateway)
+            result = demo_flow(gateway, asyncio.run(seed_demo_village(registry_dsn)))
             print("Walking skeleton: registered household "
                   f"{result['household']['household_id']} through the gateway; monitoring now counts "
                   f"{result['village']['households']} household(s) in village {result['village']['village_code']}.")
@@ -228,6 +310,220 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("TPA stopped.")
 
 
+# -- import households / demo data -----------------------------------------------------
+
+class _Progress:
+    """A one-line progress bar on stderr, redrawn with \\r (only when stderr is a terminal)."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.tty:
+            return
+        now = time.monotonic()
+        if 0 < done < total and now - self.last < 0.1:
+            return
+        self.last = now
+        width = 30
+        filled = width if not total else width * done // total
+        percent = 100 if not total else 100 * done // total
+        self.stream.write(f"\r{stage:<11}[{'#' * filled}{'.' * (width - filled)}] {done}/{total} ({percent}%)")
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
+
+
+def _registry_migrations() -> list:
+    from eventkit import migrations as mig
+
+    return (mig.load("eventkit", mig.EVENTKIT_MIGRATIONS)
+            + mig.load("registry", Path(__file__).parent / "registry" / "migrations"))
+
+
+async def _registry_pool(database_url: str) -> Any:
+    """A small pool on the registry database with its migrations applied."""
+    import asyncpg
+
+    from eventkit import migrations as mig
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    try:
+        async with pool.acquire() as conn:
+            await mig.apply(conn, _registry_migrations())
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
+def _registry_key(settings: Any) -> bytes | None:
+    if not settings.id_hmac_key or len(settings.id_hmac_key) < 32:
+        print("TPA_REGISTRY_ID_HMAC_KEY is not set (at least 32 characters; is `tpa up` running?)", file=sys.stderr)
+        return None
+    return settings.id_hmac_key.encode()
+
+
+def _cli_actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "cli"
+
+
+async def _import_one(registry: Any, pool: Any, data: bytes, name: str, args: argparse.Namespace) -> Any:
+    from services.registry import importer
+
+    progress = _Progress()
+    try:
+        return await importer.import_file(registry, pool, data, file_name=name, skip_invalid=args.skip_invalid,
+                                          actor=_cli_actor(), batch_size=args.batch_size, progress=progress,
+                                          max_bytes=None)
+    finally:
+        progress.close()
+
+
+def _print_report(report: Any, limit: int = 20) -> None:
+    for e in report.errors[:limit]:
+        where = f"{e.sheet} row {e.row}" + (f", {e.column}" if e.column else "")
+        print(f"  {where}: {e.reason} [{e.code}]", file=sys.stderr)
+    if len(report.errors) > limit:
+        print(f"  ... and {len(report.errors) - limit} more error(s)", file=sys.stderr)
+    print(report.summary())
+    print(f"import id: {report.import_id}")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from eventkit.store import EventStore
+    from services.registry import importer
+    from services.registry.commands import Registry
+
+    _load_runtime_env()
+    settings = load_settings("registry")
+    if not settings.database_url:
+        print("TPA_REGISTRY_DATABASE_URL is not set (is `tpa up` running?)", file=sys.stderr)
+        return 2
+    key = _registry_key(settings)
+    if key is None:
+        return 2
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"{path}: no such file", file=sys.stderr)
+        return 2
+    data = path.read_bytes()
+
+    async def run() -> Any:
+        pool = await _registry_pool(settings.database_url)
+        try:
+            return await _import_one(Registry(EventStore(pool), key), pool, data, path.name, args)
+        finally:
+            await pool.close()
+
+    try:
+        report = asyncio.run(run())
+    except importer.ImportFileError as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 1
+    _print_report(report)
+    if args.report:
+        Path(args.report).write_text(report.errors_csv(), encoding="utf-8-sig")
+        print(f"error report written to {args.report}")
+    return 1 if report.errors and report.households_imported == 0 else 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    import csv as csv_module
+
+    from services.registry import demo_data
+
+    started = time.monotonic()
+    if args.province:
+        counties = demo_data.generate_province(args.province, args.households_per_county or args.households,
+                                               args.seed)
+        if not counties:
+            print(f"no counties known under province {args.province}", file=sys.stderr)
+            return 2
+    else:
+        counties = [demo_data.generate_county(args.county, args.households, args.seed)]
+    fmt = args.format or (Path(args.out).suffix.lstrip(".").lower() if args.out and not args.province else "") \
+        or "xlsx"
+    if fmt not in ("xlsx", "csv"):
+        print(f"unsupported format {fmt!r}: use xlsx or csv", file=sys.stderr)
+        return 2
+    if args.province:
+        folder = Path(args.out or f"demo-{args.province[:2]}-seed{args.seed}")
+        folder.mkdir(parents=True, exist_ok=True)
+        files = [folder / f"demo-{c.county_code[:6]}.{fmt}" for c in counties]
+    else:
+        c = counties[0]
+        files = [Path(args.out or f"demo-{c.county_code[:6]}-{args.households}-seed{args.seed}.{fmt}")]
+    for county, path in zip(counties, files):
+        path.write_bytes(county.to_file(fmt))
+        regions_path = path.with_name(path.stem + ".regions.csv")
+        with regions_path.open("w", encoding="utf-8-sig", newline="") as f:
+            w = csv_module.writer(f)
+            w.writerow(["code", "level", "parent_code", "name", "source"])
+            for r in county.regions:
+                w.writerow([r.code, r.level, r.parent_code or "", r.name, r.source])
+        s = county.stats()
+        print(f"{path}: {s['name']} ({s['county']}): {s['townships']} townships, {s['villages']} villages, "
+              f"{s['households']} households, {s['people']} people, median per-capita income "
+              f"{s['median_per_capita_income']} yuan; regions in {regions_path.name}")
+    print(f"generated in {time.monotonic() - started:.1f}s")
+
+    _load_runtime_env()
+    settings = load_settings("registry")
+    if not settings.database_url:
+        if args.load:
+            print("TPA_REGISTRY_DATABASE_URL is not set (is `tpa up` running?): nothing loaded", file=sys.stderr)
+            return 2
+        print("TPA_REGISTRY_DATABASE_URL is not set: region rows not loaded (import the file later with "
+              "`tpa import households`, after loading the regions)")
+        return 0
+    key = _registry_key(settings) if args.load else None
+    if args.load and key is None:
+        return 2
+
+    async def run() -> int:
+        from eventkit.store import EventStore
+        from services.registry.commands import Registry
+
+        pool = await _registry_pool(settings.database_url)
+        failed = 0
+        try:
+            async with pool.acquire() as conn:
+                for county in counties:
+                    async with conn.transaction():
+                        await demo_data.load_regions(conn, county)
+            print(f"loaded {sum(len(c.regions) for c in counties)} region rows into the registry database")
+            if not args.load:
+                return 0
+            registry = Registry(EventStore(pool), key)
+            for county, path in zip(counties, files):
+                report = await _import_one(registry, pool, path.read_bytes(), path.name, args)
+                _print_report(report)
+                if report.errors and report.households_imported == 0:
+                    failed += 1
+                profiles = await demo_data.record_village_profiles(registry, pool, county)
+                if profiles:
+                    print(f"recorded {profiles} village profile(s)")
+        finally:
+            await pool.close()
+        return 1 if failed else 0
+
+    return asyncio.run(run())
+
+
 # -- main ------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("up", help="run the whole platform (embedded PostgreSQL and broker unless configured)")
     p.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for readiness")
     p.add_argument("--no-demo-event", action="store_true", help="skip the walking-skeleton registration")
+    p.add_argument("--demo-households", type=int, default=1000,
+                   help="on first start, load a synthetic county of this many households (0: none)")
     p.add_argument("--exit-after-start", action="store_true", help="stop again once up (smoke test)")
     p.set_defaults(func=cmd_up)
 
@@ -252,6 +550,31 @@ def main(argv: list[str] | None = None) -> int:
     r = psub.add_parser("rebuild", help="rebuild a read model from the beginning of its topics")
     r.add_argument("name")
     p.set_defaults(func=cmd_projections)
+
+    p = sub.add_parser("import", help="bulk imports into the register")
+    isub = p.add_subparsers(dest="what", required=True)
+    i = isub.add_parser("households", help="import households from a filled template (XLSX or CSV)")
+    i.add_argument("file", help="the XLSX or CSV file (see GET /imports/template)")
+    i.add_argument("--skip-invalid", action="store_true",
+                   help="import the valid households and report the others (default: all or nothing)")
+    i.add_argument("--report", metavar="ERRORS_CSV", help="write the errors to this CSV file")
+    i.add_argument("--batch-size", type=int, default=50, help="households per transaction")
+    i.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("demo-data", help="generate a synthetic county register as an import file (and load it)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--county", default="620102", help="6-digit county code (default 620102)")
+    where.add_argument("--province", help="2-digit province code: one file per county into --out (a folder)")
+    p.add_argument("--households", type=int, default=2000, help="households in the county")
+    p.add_argument("--households-per-county", type=int, help="households per county with --province")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", help="output file (folder with --province)")
+    p.add_argument("--format", choices=("xlsx", "csv"), help="default: from --out, else xlsx")
+    p.add_argument("--load", action="store_true",
+                   help="also import the generated file(s) into the registry database")
+    p.add_argument("--skip-invalid", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--batch-size", type=int, default=50, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_demo_data)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,17 +27,26 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def test_tpa_up_starts_everything_and_the_walking_skeleton_flows_through_the_gateway(tmp_path):
     env = clean_env(TPA_STATE_DIR=str(tmp_path / "state"))
-    first = run_tpa("up", "--exit-after-start", env=env)
+    first = run_tpa("up", "--exit-after-start", "--demo-households", "30", env=env)
     assert first.returncode == 0, first.stdout + first.stderr[-4000:]
     assert "TPA is up. Gateway: http://127.0.0.1:" in first.stdout
-    assert "monitoring now counts 1 household(s)" in first.stdout, first.stdout
+    assert "Loading a synthetic county (30 households)" in first.stdout
+    first_count = _counted(first.stdout)
+    assert first_count == 1
     assert "TPA stopped." in first.stdout
     # The database survives a restart; the in-memory broker does not, and the relay republishes:
     # monitoring's read model must neither lose nor double-count the first household.
-    second = run_tpa("up", "--exit-after-start", env=env)
+    second = run_tpa("up", "--exit-after-start", "--demo-households", "30", env=env)
     assert second.returncode == 0, second.stdout + second.stderr[-4000:]
-    assert "monitoring now counts 2 household(s)" in second.stdout, second.stdout
+    assert "Loading a synthetic county" not in second.stdout  # loaded once
+    assert _counted(second.stdout) == first_count + 1, second.stdout
     assert not (tmp_path / "state" / "runtime.env").exists()
+
+
+def _counted(stdout: str) -> int:
+    match = re.search(r"monitoring now counts (\d+) household\(s\)", stdout)
+    assert match, stdout
+    return int(match.group(1))
 
 
 def test_projections_list_and_rebuild(infra, database):

@@ -38,6 +38,7 @@ REQUIRED_SECRETS = (
     "TPA_FUNDS_DB_PASSWORD",
     "TPA_MONITORING_DB_PASSWORD",
     "TPA_GATEWAY_DB_PASSWORD",
+    "TPA_REGISTRY_ID_HMAC_KEY",
 )
 INSTALL_HINT = (
     "cannot validate docker-compose.yml: no Compose implementation or Compose-spec schema found. "

@@ -35,16 +35,54 @@ from eventkit.events import Metadata, RecordedEvent
 
 HOUSEHOLD_ID = "3f2b8c1e-9d4a-4e6b-8f7a-1c2d3e4f5a6b"
 # One sample payload per catalogued event: (stream id, data). A new event needs a sample here.
+MEMBER_ID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+HMAC = "5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b9719d911017c592"
+
+
+def _household(**data: Any) -> tuple[str, dict[str, Any]]:
+    return HOUSEHOLD_ID, {"household_id": HOUSEHOLD_ID, **data}
+
+
 SAMPLES: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {
-    ("HouseholdRegistered", 1): (
-        HOUSEHOLD_ID,
-        {
-            "household_id": HOUSEHOLD_ID,
-            "village_code": "530102001001",
-            "member_count": 4,
-            "registered_on": "2024-03-01",
-        },
-    ),
+    ("HouseholdRegistered", 1): _household(
+        village_code="530102001001", member_count=4, registered_on="2024-03-01", address="3组12号",
+        attribute="general", identification_standard="national", head_member_id=MEMBER_ID, status="applicant"),
+    ("MemberAdded", 1): _household(
+        member_id=MEMBER_ID, relation="head", sex="male", birth_year=1970, ethnicity="汉",
+        id_hmac=HMAC, id_masked="5301**********1234", name_masked="张*强", reason="initial",
+        joined_on="2024-03-01", profile={"health": ["chronic_illness"], "labour_skill": "ordinary"}),
+    ("MemberUpdated", 1): _household(member_id=MEMBER_ID, changes={"schooling_stage": "junior"}),
+    ("MemberRemoved", 1): _household(member_id=MEMBER_ID, reason="death", removed_on="2025-01-02", note=None),
+    ("HeadChanged", 1): _household(head_member_id=MEMBER_ID, previous_head_member_id=None,
+                                   changed_on="2025-01-03"),
+    ("IncomeAssessed", 1): _household(
+        year=2024, wage="12000.00", business="3000.00", property="0.00", transfer="1200.00",
+        business_expenses="800.00", resident_members=4, net_income="15400.00", per_capita_net_income="3850.00"),
+    ("LivingConditionsAssessed", 1): _household(assessed_on="2024-06-01",
+                                                conditions={"food": True, "safe_housing": False}),
+    ("PovertyCausesRecorded", 1): _household(primary="lack_of_funds", others=["illness"]),
+    ("CadreAssigned", 1): _household(cadre_id="cadre-17", unit="县农业农村局", assigned_on="2024-03-05"),
+    ("CadreReleased", 1): _household(cadre_id="cadre-17", released_on="2025-03-05", reason="rotation"),
+    ("AssistancePlanRecorded", 1): _household(year=2024, measures=[{"kind": "industry",
+                                                                    "description": "养殖肉牛2头"}]),
+    ("CoordinatesSet", 1): _household(latitude=36.06, longitude=103.83),
+    ("HouseholdStatusChanged", 1): _household(
+        from_status="applicant", to_status="identified", effective_on="2024-04-01", basis="decision",
+        case_id="case-1", decision_event_id="0b1c2d3e-0000-4000-8000-000000000001"),
+    ("MonitoringDesignated", 1): _household(object_type="marginal", effective_on="2025-04-01",
+                                            case_id="case-2", decision_event_id="d-2"),
+    ("MonitoringRiskEliminated", 1): _household(effective_on="2025-10-01", case_id="case-3",
+                                                decision_event_id="d-3"),
+    ("MemberPersonalDataErased", 1): _household(member_id=MEMBER_ID, erased_on="2025-02-01"),
+    ("VillageProfileUpdated", 1): ("530102001001", {
+        "village_code": "530102001001", "effective_on": "2024-01-01", "rural_population": 1200,
+        "registered_population": 300, "poor_village": True, "hardened_road": True, "leading_industry": "核桃",
+        "service_centre": True, "safe_water": True, "broadband": False, "collective_income": "52000.00",
+        "resident_work_team": True}),
+    ("CaseConcluded", 1): ("case-1", {
+        "case_id": "case-1", "case_type": "identification", "household_id": HOUSEHOLD_ID,
+        "outcome": "approved", "status_effect": "identified", "monitoring_object_type": None,
+        "effective_on": "2024-04-01"}),
 }
 
 
@@ -310,7 +348,7 @@ def test_parse_event_tolerates_unknown_fields() -> None:
 def test_parse_event_rejects_unknown_and_invalid_events() -> None:
     envelope = sample_envelope()
     envelope["event_type"] = "HouseholdTeleported"
-    with pytest.raises(UnknownEventError, match=r"HouseholdTeleported.*known: HouseholdRegistered v1"):
+    with pytest.raises(UnknownEventError, match=r"HouseholdTeleported.*known: .*HouseholdRegistered v1"):
         parse_event(envelope)
     envelope = sample_envelope()
     envelope["schema_version"] = 99

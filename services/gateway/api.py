@@ -1,35 +1,38 @@
-"""Public API routes, forwarded to the owning services."""
+"""Public API routes, forwarded to the owning services.
+
+Authentication, jurisdiction scoping and read auditing arrive with the gateway's
+own issue; until then the gateway forwards only the headers listed in
+`_FORWARDED` (never a client's `x-tpa-personal-data` or `x-tpa-actor`).
+"""
 
 from __future__ import annotations
 
+import inspect
+from urllib.parse import quote
+import re
 import uuid
-from datetime import date
+from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
+
+from pydantic import BaseModel
 
 from contracts.registry import VILLAGE_CODE_PATTERN
 from eventkit.runtime import problem, runtime_of
+from eventkit.telemetry import correlation_id
+from services.registry import queries as rq
+from services.registry import schemas as rs
 
 router = APIRouter(prefix="/api/v1")
 
-_FORWARDED = ("idempotency-key", "x-correlation-id", "content-type", "accept")
-
-
-class RegisterHousehold(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    village_code: str = Field(pattern=VILLAGE_CODE_PATTERN, examples=["620102001001"])
-    member_count: int = Field(ge=1, le=50)
-    registered_on: date | None = None
-
-
-class HouseholdCreated(BaseModel):
-    household_id: str
-    version: int
-    event_id: str
+_FORWARDED = ("idempotency-key", "if-match", "x-correlation-id", "content-type", "accept")
+_RETURNED = ("content-type", "content-disposition", "etag", "x-correlation-id", "idempotent-replayed",
+             "cache-control", "x-tpa-read-model", "location", "allow")
+UPLOAD_TIMEOUT = httpx.Timeout(600.0, connect=2.0)  # an import runs within its request
+_PARAM = re.compile(r"{(\w+)}")
 
 
 class VillageCount(BaseModel):
@@ -38,45 +41,167 @@ class VillageCount(BaseModel):
     people: int
 
 
-class Problem(BaseModel):
-    type: str
-    title: str
-    status: int
-    code: str
-    detail: str | None = None
-
-
-async def _forward(request: Request, service: str, method: str, path: str, json: object = None) -> Response:
+async def forward(request: Request, service: str, method: str, path: str, *, content: bytes | None = None,
+                  query: str | None = None, timeout: httpx.Timeout | None = None) -> Response:
     runtime = runtime_of(request)
     client: httpx.AsyncClient = runtime.state["http"]
     base = getattr(runtime.settings, f"{service}_url")
     if not base:
         return problem(503, "upstream_not_configured", f"TPA_{service.upper()}_URL is not set")
     headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED}
+    headers["x-correlation-id"] = correlation_id.get() or headers.get("x-correlation-id", "")
+    url = base.rstrip("/") + path + (f"?{query}" if query else "")
     try:
-        upstream = await client.request(method, base.rstrip("/") + path, json=json, headers=headers)
+        upstream = await client.request(method, url, content=content, headers=headers,
+                                        **({"timeout": timeout} if timeout is not None else {}))
     except httpx.TransportError as exc:
         return problem(502, "upstream_unavailable", f"{service} is unreachable", type(exc).__name__)
-    passed = {k: v for k, v in upstream.headers.items()
-              if k.lower() in ("content-type", "x-correlation-id", "idempotent-replayed")}
+    passed = {k: v for k, v in upstream.headers.items() if k.lower() in _RETURNED}
+    if "location" in passed and passed["location"].startswith("/"):  # the service's path, seen from outside
+        passed["location"] = router.prefix + passed["location"]
     return Response(upstream.content, status_code=upstream.status_code, headers=passed)
 
 
-@router.post("/households", status_code=201, response_model=HouseholdCreated, tags=["households"],
-             summary="Register a household",
-             responses={409: {"model": Problem}, 502: {"model": Problem}, 503: {"model": Problem}})
-async def register_household(body: RegisterHousehold, request: Request):
-    return await _forward(request, "registry", "POST", "/households", body.model_dump(mode="json"))
+_ERRORS = {code: {"model": rs.Problem} for code in (403, 404, 409, 412, 422, 502, 503)}
 
 
-@router.get("/households/{household_id}", tags=["households"], summary="A household's current state",
-            responses={404: {"model": Problem}, 502: {"model": Problem}, 503: {"model": Problem}})
-async def get_household(household_id: uuid.UUID, request: Request):
-    return await _forward(request, "registry", "GET", f"/households/{household_id}")
+def route(method: str, path: str, service: str, *, body: type[BaseModel] | None = None,
+          query: type[BaseModel] | None = None, response_model: Any = None, status_code: int = 200,
+          summary: str, tags: list[str], upstream: str | None = None, raw_body: bool = False,
+          openapi_extra: dict[str, Any] | None = None, response_class: Any = None) -> None:
+    """Declare a forwarded route with its real request/response models (for OpenAPI and validation)."""
+    names = _PARAM.findall(path)
+
+    async def endpoint(request: Request, **kwargs: Any) -> Response:
+        target = (upstream or path).format(**{n: quote(str(kwargs[n]), safe="") for n in names})
+        payload = kwargs.get("body")
+        if raw_body:  # uploads pass through untouched (the service checks size and format)
+            content = await request.body()
+        else:
+            content = payload.model_dump_json(exclude_unset=True).encode() if payload is not None else None
+        return await forward(request, service, method, target, content=content, query=request.url.query or None,
+                             timeout=UPLOAD_TIMEOUT if raw_body else None)
+
+    params = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)]
+    for n in names:
+        annotation = uuid.UUID if n.endswith("_id") and n != "cadre_id" else (int if n == "year" else str)
+        default = (Path(pattern=VILLAGE_CODE_PATTERN) if n == "village_code"
+                   else Path(ge=2000, le=2100) if n == "year"
+                   else Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$") if n == "cadre_id"
+                   else Path())
+        params.append(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default))
+    if body is not None:
+        params.append(inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=body))
+    if query is not None:  # validated here, forwarded as the client sent it
+        params.append(inspect.Parameter("query", inspect.Parameter.KEYWORD_ONLY,
+                                        annotation=Annotated[query, Query()]))
+    endpoint.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    endpoint.__name__ = re.sub(r"\W+", "_", f"{method}_{path}").strip("_").lower()
+    extra = {"response_class": response_class} if response_class is not None else {}
+    route_path = path
+    for n in names:
+        if n.endswith("_id") and n != "cadre_id":
+            route_path = route_path.replace("{%s}" % n, "{%s:uuid}" % n)
+    router.add_api_route(route_path, endpoint, methods=[method], response_model=response_model, status_code=status_code,
+                         summary=summary, tags=tags, responses=_ERRORS, openapi_extra=openapi_extra, **extra)
 
 
-@router.get("/villages/{village_code}/households", response_model=VillageCount, tags=["dashboards"],
-            summary="Registered households and people in a village",
-            responses={502: {"model": Problem}, 503: {"model": Problem}})
-async def village_households(request: Request, village_code: str = Path(pattern=VILLAGE_CODE_PATTERN)):
-    return await _forward(request, "monitoring", "GET", f"/villages/{village_code}/households")
+H = ["households"]
+route("POST", "/households", "registry", body=rs.RegisterHousehold, response_model=rs.CommandAccepted,
+      status_code=201, summary="Register a household with its members", tags=H)
+route("POST", "/households/{household_id}/members", "registry", body=rs.AddMember,
+      response_model=rs.CommandAccepted, summary="Add a member", tags=H)
+route("POST", "/households/{household_id}/members/{member_id}/removal", "registry", body=rs.RemoveMember,
+      response_model=rs.CommandAccepted, summary="Remove a member", tags=H)
+route("PATCH", "/households/{household_id}/members/{member_id}", "registry", body=rs.MemberFacts,
+      response_model=rs.CommandAccepted, summary="Update a member's facts", tags=H)
+route("POST", "/households/{household_id}/members/{member_id}/erasure", "registry",
+      response_model=rs.CommandAccepted, summary="Erase a member's personal data", tags=H)
+route("POST", "/households/{household_id}/head", "registry", body=rs.ChangeHead,
+      response_model=rs.CommandAccepted, summary="Change the household head", tags=H)
+route("PUT", "/households/{household_id}/incomes/{year}", "registry", body=rs.IncomeAssessment,
+      response_model=rs.CommandAccepted, summary="Record a year's income assessment", tags=H)
+route("PUT", "/households/{household_id}/conditions", "registry", body=rs.LivingConditions,
+      response_model=rs.CommandAccepted, summary="Assess living conditions", tags=H)
+route("PUT", "/households/{household_id}/causes", "registry", body=rs.PovertyCauses,
+      response_model=rs.CommandAccepted, summary="Record poverty causes", tags=H)
+route("POST", "/households/{household_id}/cadres", "registry", body=rs.AssignCadre,
+      response_model=rs.CommandAccepted, summary="Assign an assistance cadre", tags=H)
+route("POST", "/households/{household_id}/cadres/{cadre_id}/release", "registry", body=rs.ReleaseCadre,
+      response_model=rs.CommandAccepted, summary="Release an assistance cadre", tags=H)
+route("PUT", "/households/{household_id}/plans/{year}", "registry", body=rs.AssistancePlan,
+      response_model=rs.CommandAccepted, summary="Record a year's assistance plan", tags=H)
+route("PUT", "/households/{household_id}/coordinates", "registry", body=rs.Coordinates,
+      response_model=rs.CommandAccepted, summary="Set the household's coordinates", tags=H)
+route("POST", "/households/{household_id}/status-decisions", "registry", body=rs.StatusDecision,
+      response_model=rs.CommandAccepted, summary="Apply a review decision's status effect", tags=H)
+route("PUT", "/villages/{village_code}/profile", "registry", body=rs.VillageProfile,
+      summary="Record a dated village profile", tags=["villages"])
+route("GET", "/code-lists", "registry", summary="Registry code lists with Chinese labels", tags=["reference"])
+route("GET", "/villages/{village_code}/households", "monitoring", response_model=VillageCount,
+      summary="Registered households and people in a village (monitoring)", tags=["dashboards"])
+
+
+class SearchQuery(BaseModel):
+    """Search filters (no ID number in URLs: use POST /households/search for that)."""
+
+    model_config = {"extra": "forbid"}
+
+    village_code: str | None = rq.SearchRequest.model_fields["village_code"]
+    region: str | None = rq.SearchRequest.model_fields["region"]
+    status: rq.Status | None = None
+    attribute: rs.Attribute | None = None
+    cause: rs.Cause | None = None
+    primary_cause: rs.Cause | None = None
+    monitoring_object_type: rs.MonitoringType | None = None
+    limit: int = rq.SearchRequest.model_fields["limit"]
+    after: uuid.UUID | None = None
+    offset: int | None = rq.SearchRequest.model_fields["offset"]
+
+
+class LedgerQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    personal: bool = False
+
+
+class TemplateQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    format: Literal["xlsx", "csv"] = "xlsx"
+
+
+class ImportQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    skip_invalid: bool = False
+
+
+L = ["ledger"]
+route("GET", "/households", "registry", query=SearchQuery, response_model=rq.HouseholdPage,
+      summary="Search households (summary rows without personal data)", tags=L)
+route("POST", "/households/search", "registry", body=rq.SearchRequest, response_model=rq.HouseholdPage,
+      summary="Search households, filters in the body (ID-number searches)", tags=L)
+route("GET", "/households/{household_id}", "registry", query=LedgerQuery, response_model=rq.HouseholdLedgerView,
+      summary="The household ledger (members masked)", tags=L)
+route("GET", "/villages/{village_code}/statistics", "registry", response_model=rq.Statistics,
+      summary="Village statistics: status, incidence, causes", tags=L)
+route("GET", "/regions/{code}/statistics", "registry", response_model=rq.Statistics,
+      summary="County or township statistics", tags=L)
+I = ["imports"]
+_BINARY = {"content": {
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {"schema": {"type": "string",
+                                                                                     "format": "binary"}},
+    "text/csv": {"schema": {"type": "string"}}}}
+route("GET", "/imports/template", "registry", query=TemplateQuery, summary="Download the import template",
+      tags=I, response_class=Response, openapi_extra={"responses": {"200": {"description": "The template",
+                                                                           **_BINARY}}})
+route("POST", "/imports/households", "registry", query=ImportQuery, raw_body=True,
+      summary="Import households from a filled template (multipart field `file`)", tags=I,
+      openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+          "type": "object", "required": ["file"],
+          "properties": {"file": {"type": "string", "format": "binary"}}}}}}})
+route("GET", "/imports/{import_id}", "registry", summary="An import's report", tags=I)
+route("GET", "/imports/{import_id}/errors.csv", "registry", summary="An import's errors as CSV", tags=I,
+      response_class=Response, openapi_extra={"responses": {"200": {"description": "CSV",
+                                                                   "content": {"text/csv": {}}}}})

@@ -1,78 +1,257 @@
-"""Registry HTTP API (walking skeleton: household registration)."""
+"""Registry HTTP API: household commands, village profiles, personal-data erasure."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import date
+from typing import Annotated, Any, Awaitable, Callable
 
-from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse
 
-from contracts.registry import VILLAGE_CODE_PATTERN
-from eventkit.aggregate import Repository
-from eventkit.events import Metadata
+from eventkit.events import Metadata, RecordedEvent
 from eventkit.idempotency import CommandResult
 from eventkit.runtime import idempotent, problem, runtime_of
 from eventkit.telemetry import correlation_id
 
+from . import codes
+from .commands import MemberInput, Registry
 from .domain import DomainError, Household
+from .schemas import (
+    AddMember, AssignCadre, AssistancePlan, ChangeHead, CommandAccepted, Coordinates, IncomeAssessment,
+    LivingConditions, MemberFacts, PovertyCauses, Problem, RegisterHousehold, ReleaseCadre, RemoveMember, StatusDecision,
+    VillageProfile, facts,
+)
 
 router = APIRouter(tags=["households"])
 
+Year = Annotated[int, Path(ge=2000, le=2100)]
+CadreId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
 
-class RegisterHousehold(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    village_code: str = Field(pattern=VILLAGE_CODE_PATTERN, examples=["620102001001"])
-    member_count: int = Field(ge=1, le=50)
-    registered_on: date | None = None
+ERRORS = {404: {"model": Problem}, 409: {"model": Problem}, 412: {"model": Problem}, 422: {"model": Problem}}
 
 
-class HouseholdCreated(BaseModel):
-    household_id: str
-    version: int
-    event_id: str
+def registry_of(request: Request) -> Registry:
+    return runtime_of(request).state["registry"]
 
 
-class Problem(BaseModel):
-    type: str
-    title: str
-    status: int
-    code: str
-    detail: str | None = None
+def metadata(request: Request) -> Metadata:
+    return Metadata(actor=request.headers.get("x-tpa-actor"), correlation_id=correlation_id.get())
 
 
-@router.post(
-    "/households", status_code=201, response_model=HouseholdCreated,
-    summary="Register a household",
-    responses={409: {"model": Problem}, 422: {"description": "Invalid input"}},
-)
+_TITLES = {400: "Bad request", 404: "Not found", 409: "Conflict with the current state",
+           412: "Precondition failed", 422: "Invalid request"}
+
+
+def domain_problem(exc: DomainError) -> JSONResponse:
+    return problem(exc.status, exc.code, _TITLES.get(exc.status, "Request refused"), str(exc), **exc.details)
+
+
+def if_match(request: Request) -> int | None:
+    raw = request.headers.get("if-match")
+    if raw is None or raw.strip() == "*":
+        return None
+    try:
+        return int(raw.strip().strip('"').removeprefix("W/").strip('"'))
+    except ValueError:
+        raise DomainError("invalid_if_match", "If-Match must be the household version (an ETag)", 400) from None
+
+
+def _member(m) -> MemberInput:
+    return MemberInput(name=m.name, id_number=m.id_number, relation=m.relation, birth_date=m.birth_date,
+                       sex=m.sex, phone=m.phone, ethnicity=m.ethnicity, profile=facts(m.facts))
+
+
+def _accepted(status: int, household: Household, recorded: list[RecordedEvent],
+              member_id: str | None = None) -> CommandResult:
+    body = {"household_id": household.id, "version": household.version,
+            "events": [e.event_type for e in recorded]}
+    if member_id:
+        body["member_id"] = member_id
+    return CommandResult(status, body)
+
+
+async def _command(request: Request, household_id: uuid.UUID, body: Any,
+                   action: Callable[[Registry, Any, Household, Metadata], Awaitable[Any]]) -> JSONResponse:
+    """Load the household (checking If-Match), run the action, save, remember the result."""
+    reg = registry_of(request)
+    try:
+        expected = if_match(request)
+
+        async def handle(conn) -> CommandResult:
+            household = await reg.load(conn, str(household_id), expected)
+            out = await action(reg, conn, household, metadata(request))
+            member_id, recorded = out if isinstance(out, tuple) else (None, out)
+            return _accepted(200, household, recorded, member_id)
+
+        response = await idempotent(request, body.model_dump(mode="json") if body is not None else None, handle)
+    except DomainError as exc:
+        return domain_problem(exc)
+    if response.status_code == 200:
+        response.headers["ETag"] = f'"{_version(response)}"'
+    return response
+
+
+def _version(response: JSONResponse) -> int:
+    import json
+
+    return json.loads(response.body)["version"]
+
+
+@router.post("/households", status_code=201, response_model=CommandAccepted, responses=ERRORS,
+             summary="Register a household with its members")
 async def register_household(body: RegisterHousehold, request: Request):
-    runtime = runtime_of(request)
-    repo = Repository(runtime.store, Household)
+    reg = registry_of(request)
 
     async def handle(conn) -> CommandResult:
-        household = Household(str(uuid.uuid4()))
-        household.register(body.village_code, body.member_count, body.registered_on)
-        recorded = await repo.save(
-            household,
-            Metadata(actor=request.headers.get("x-tpa-actor"), correlation_id=correlation_id.get()),
-            conn=conn)
-        return CommandResult(201, {"household_id": household.id, "version": household.version,
-                                   "event_id": str(recorded[-1].event_id)})
+        household, recorded = await reg.register_household(
+            conn, village_code=body.village_code, address=body.address, attribute=body.attribute,
+            identification_standard=body.identification_standard, registered_on=body.registered_on,
+            members=[_member(m) for m in body.members], meta=metadata(request))
+        return _accepted(201, household, recorded)
+
+    try:
+        response = await idempotent(request, body.model_dump(mode="json"), handle)
+    except DomainError as exc:
+        return domain_problem(exc)
+    if response.status_code == 201:
+        response.headers["ETag"] = f'"{_version(response)}"'
+    return response
+
+
+@router.post("/households/{household_id}/members", response_model=CommandAccepted, responses=ERRORS,
+             summary="Add a member (birth, marriage, moving in)")
+async def add_member(household_id: uuid.UUID, body: AddMember, request: Request):
+    return await _command(request, household_id, body, lambda reg, conn, h, meta: reg.add_member(
+        conn, h, _member(body.member), body.reason, body.joined_on, meta))
+
+
+@router.post("/households/{household_id}/members/{member_id}/removal", response_model=CommandAccepted,
+             responses=ERRORS, summary="Remove a member (death, marriage out, moving out, ...)")
+async def remove_member(household_id: uuid.UUID, member_id: uuid.UUID, body: RemoveMember, request: Request):
+    return await _command(request, household_id, body, lambda reg, conn, h, meta: reg.remove_member(
+        conn, h, str(member_id), body.reason, body.removed_on, body.note, meta))
+
+
+async def _save(reg: Registry, conn, household: Household, meta: Metadata) -> list[RecordedEvent]:
+    return await reg.households.save(household, meta, conn=conn)
+
+
+def _then_save(change: Callable[[Household], Any]):
+    async def action(reg: Registry, conn, household: Household, meta: Metadata):
+        change(household)
+        return await _save(reg, conn, household, meta)
+    return action
+
+
+@router.patch("/households/{household_id}/members/{member_id}", response_model=CommandAccepted,
+              responses=ERRORS, summary="Update a member's health, education, schooling, skills, work, insurance")
+async def update_member(household_id: uuid.UUID, member_id: uuid.UUID, body: MemberFacts, request: Request):
+    return await _command(request, household_id, body,
+                          _then_save(lambda h: h.update_member(str(member_id), facts(body))))
+
+
+@router.post("/households/{household_id}/head", response_model=CommandAccepted, responses=ERRORS,
+             summary="Change the household head")
+async def change_head(household_id: uuid.UUID, body: ChangeHead, request: Request):
+    return await _command(request, household_id, body,
+                          _then_save(lambda h: h.change_head(body.member_id, body.changed_on)))
+
+
+@router.put("/households/{household_id}/incomes/{year}", response_model=CommandAccepted, responses=ERRORS,
+            summary="Record the income assessment of a year (per-capita net income is computed)")
+async def assess_income(household_id: uuid.UUID, year: Year, body: IncomeAssessment, request: Request):
+    return await _command(request, household_id, body,
+                          _then_save(lambda h: h.assess_income(year, body.model_dump())))
+
+
+@router.put("/households/{household_id}/conditions", response_model=CommandAccepted, responses=ERRORS,
+            summary="Assess living conditions (food, clothing, water, schooling, medical care, housing, ...)")
+async def assess_conditions(household_id: uuid.UUID, body: LivingConditions, request: Request):
+    return await _command(request, household_id, body,
+                          _then_save(lambda h: h.assess_conditions(body.assessed_on, body.conditions)))
+
+
+@router.put("/households/{household_id}/causes", response_model=CommandAccepted, responses=ERRORS,
+            summary="Record poverty causes (one primary, others)")
+async def record_causes(household_id: uuid.UUID, body: PovertyCauses, request: Request):
+    return await _command(request, household_id, body,
+                          _then_save(lambda h: h.record_causes(body.primary, body.others)))
+
+
+@router.post("/households/{household_id}/cadres", response_model=CommandAccepted, responses=ERRORS,
+             summary="Assign an assistance cadre and unit")
+async def assign_cadre(household_id: uuid.UUID, body: AssignCadre, request: Request):
+    return await _command(request, household_id, body,
+                          _then_save(lambda h: h.assign_cadre(body.cadre_id, body.unit, body.assigned_on)))
+
+
+@router.post("/households/{household_id}/cadres/{cadre_id}/release", response_model=CommandAccepted,
+             responses=ERRORS, summary="Release an assistance cadre")
+async def release_cadre(household_id: uuid.UUID, cadre_id: CadreId, body: ReleaseCadre, request: Request):
+    return await _command(request, household_id, body,
+                          _then_save(lambda h: h.release_cadre(cadre_id, body.released_on, body.reason)))
+
+
+@router.put("/households/{household_id}/plans/{year}", response_model=CommandAccepted, responses=ERRORS,
+            summary="Record the assistance plan and measures of a year")
+async def record_plan(household_id: uuid.UUID, year: Year, body: AssistancePlan, request: Request):
+    return await _command(request, household_id, body, _then_save(
+        lambda h: h.record_plan(year, [m.model_dump() for m in body.measures])))
+
+
+@router.put("/households/{household_id}/coordinates", response_model=CommandAccepted, responses=ERRORS,
+            summary="Set the household's coordinates (attendance geofence)")
+async def set_coordinates(household_id: uuid.UUID, body: Coordinates, request: Request):
+    return await _command(request, household_id, body,
+                          _then_save(lambda h: h.set_coordinates(body.latitude, body.longitude)))
+
+
+@router.post("/households/{household_id}/status-decisions", response_model=CommandAccepted, responses=ERRORS,
+             summary="Apply a review decision's effect on status (idempotent by decision event id)")
+async def apply_status_decision(household_id: uuid.UUID, body: StatusDecision, request: Request):
+    async def action(reg: Registry, conn, household: Household, meta: Metadata):
+        meta = Metadata(actor=meta.actor, correlation_id=meta.correlation_id, causation_id=body.decision_event_id)
+        recorded = await reg.apply_decision(
+            conn, household_id=household.id, decision_event_id=body.decision_event_id, case_id=body.case_id,
+            status_effect=body.status_effect, effective_on=body.effective_on,
+            monitoring_object_type=body.monitoring_object_type, meta=meta)
+        if recorded:
+            household.version = recorded[-1].version
+        return recorded
+    return await _command(request, household_id, body, action)
+
+
+@router.post("/households/{household_id}/members/{member_id}/erasure", response_model=CommandAccepted,
+             responses=ERRORS, summary="Erase a member's personal data from the vault (history stays consistent)")
+async def erase_member(household_id: uuid.UUID, member_id: uuid.UUID, request: Request):
+    return await _command(request, household_id, None, lambda reg, conn, h, meta: reg.erase_personal_data(
+        conn, h, str(member_id), meta))
+
+
+@router.put("/villages/{village_code}/profile", tags=["villages"], responses=ERRORS,
+            summary="Record a dated village profile (populations, exit indicators)")
+async def update_village_profile(village_code: str, body: VillageProfile, request: Request):
+    from . import regions
+
+    reg = registry_of(request)
+
+    async def handle(conn) -> CommandResult:
+        try:
+            await regions.require_village(conn, village_code)
+        except regions.RegionError as exc:
+            raise DomainError("unknown_village", str(exc), field="village_code") from exc
+        village = await reg.villages.load(village_code, conn=conn)
+        village.update_profile(**body.model_dump(exclude_none=True))
+        recorded = await reg.villages.save(village, metadata(request), conn=conn)
+        return CommandResult(200, {"village_code": village_code, "version": village.version,
+                                   "events": [e.event_type for e in recorded]})
 
     try:
         return await idempotent(request, body.model_dump(mode="json"), handle)
     except DomainError as exc:
-        return problem(exc.status, exc.code, str(exc))
+        return domain_problem(exc)
 
 
-@router.get("/households/{household_id}", summary="A household's current state",
-            responses={404: {"model": Problem}})
-async def get_household(household_id: uuid.UUID, request: Request):
-    runtime = runtime_of(request)
-    household = await Repository(runtime.store, Household).load(str(household_id))
-    if not household.exists:
-        return problem(404, "not_found", f"household {household_id} not found")
-    return {"household_id": household.id, "village_code": household.village_code,
-            "member_count": household.member_count, "version": household.version}
+@router.get("/code-lists", tags=["reference"], summary="The registry's code lists with Chinese labels")
+async def code_lists() -> dict[str, Any]:
+    return codes.CODE_LISTS

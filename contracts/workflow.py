@@ -1,0 +1,44 @@
+"""Events published by the workflow service that other services act on.
+
+Only the decision the registry needs is defined here so far; the full review
+workflow (cases, steps, notices, objections) is specified in its own issue.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import ClassVar
+
+from pydantic import Field
+
+from contracts.base import EventModel, topic_name
+
+CASE = "case"
+CASE_TOPIC = topic_name("workflow", CASE)
+
+
+class CaseConcluded(EventModel):
+    """A review case reached its final decision.
+
+    ``status_effect`` is what the decision does to the household in the register
+    (e.g. ``identified`` for an approved identification case, ``lifted_out`` for an
+    approved exit); it is absent when the decision changes no status (rejected
+    cases, data change requests).
+    """
+
+    event_type: ClassVar[str] = "CaseConcluded"
+    schema_version: ClassVar[int] = 1
+    topic: ClassVar[str] = CASE_TOPIC
+    stream_type: ClassVar[str] = CASE
+
+    case_id: str = Field(min_length=1)
+    case_type: str = Field(description="identification, exit, return_risk, data_change, assistance_need, ...")
+    household_id: str = Field(description="Household the case is about.")
+    outcome: str = Field(description="approved or rejected.")
+    status_effect: str | None = Field(
+        default=None,
+        description="Register effect: identified, lifted_out, returned_to_poverty, wrongly_identified_removed, "
+        "monitoring_designated, risk_eliminated.",
+    )
+    monitoring_object_type: str | None = Field(default=None, description="For monitoring_designated.")
+    effective_on: date

@@ -1,0 +1,191 @@
+"""Registry application layer: commands that touch the vault, the regions and the store.
+
+Each function runs inside the caller's transaction (``conn``), so the vault rows,
+the one-person-one-household index and the events commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import asyncpg
+
+from eventkit.aggregate import Repository
+from eventkit.events import Metadata, RecordedEvent
+from eventkit.store import EventStore
+
+from . import identity, regions
+from .domain import DomainError, Household, Village
+
+
+@dataclass(frozen=True)
+class MemberInput:
+    name: str
+    id_number: str
+    relation: str
+    birth_date: date | None = None
+    sex: str | None = None
+    phone: str | None = None
+    ethnicity: str | None = None
+    profile: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Registry:
+    """What the registry's commands need: its store and the ID-number hashing key."""
+
+    store: EventStore
+    hmac_key: bytes
+
+    @property
+    def households(self) -> Repository[Household]:
+        return Repository(self.store, Household)
+
+    @property
+    def villages(self) -> Repository[Village]:
+        return Repository(self.store, Village)
+
+    # -- persons ----------------------------------------------------------------------
+
+    def person(self, m: MemberInput, index: int | None = None) -> dict[str, Any]:
+        """Validate a person's identifying data; return the non-personal member fields."""
+        where = f"members[{index}]." if index is not None else ""
+        name = (m.name or "").strip()
+        if not 1 <= len(name) <= 50:
+            raise DomainError("invalid_name", "name must be 1 to 50 characters", field=f"{where}name")
+        try:
+            rid = identity.validate_id_number(m.id_number, m.birth_date)
+        except identity.IdNumberError as exc:
+            raise DomainError(exc.code, str(exc), field=f"{where}id_number") from exc
+        if m.sex is not None and m.sex != rid.sex:
+            raise DomainError("id_sex_mismatch", f"sex {m.sex} does not match the ID number ({rid.sex})",
+                              field=f"{where}sex")
+        if m.phone:
+            try:
+                identity.validate_phone(m.phone)
+            except identity.IdNumberError as exc:
+                raise DomainError(exc.code, str(exc), field=f"{where}phone") from exc
+        return {
+            "member_id": str(uuid.uuid4()),
+            "relation": m.relation,
+            "sex": rid.sex,
+            "birth_date": rid.birth_date,
+            "ethnicity": m.ethnicity,
+            "id_hmac": identity.id_hmac(self.hmac_key, rid.number),
+            "id_masked": identity.mask_id_number(rid.number),
+            "name_masked": identity.mask_name(name),
+            "profile": dict(m.profile or {}),
+            "_vault": (rid.number, name, m.phone or None),
+        }
+
+    async def _holder(self, conn: Any, id_hmac: str) -> str | None:
+        return await conn.fetchval("SELECT household_id::text FROM active_persons WHERE id_hmac = $1", id_hmac)
+
+    async def _enrol(self, conn: Any, household_id: str, members: list[dict[str, Any]]) -> None:
+        """Write vault rows and claim each person for this household (one active household each)."""
+        for m in members:
+            holder = await self._holder(conn, m["id_hmac"])
+            if holder is not None:
+                raise DomainError("duplicate_person", f"{m['id_masked']} already belongs to household {holder}",
+                                  409, household_id=holder, id_masked=m["id_masked"])
+        try:
+            async with conn.transaction():
+                await conn.executemany(
+                    "INSERT INTO active_persons (id_hmac, household_id, member_id) VALUES ($1, $2, $3)",
+                    [(m["id_hmac"], household_id, m["member_id"]) for m in members])
+        except asyncpg.UniqueViolationError:
+            # A concurrent registration claimed one of the persons first (we waited for it).
+            for m in members:
+                holder = await self._holder(conn, m["id_hmac"])
+                if holder is not None and holder != household_id:
+                    raise DomainError("duplicate_person", f"{m['id_masked']} already belongs to household {holder}",
+                                      409, household_id=holder, id_masked=m["id_masked"]) from None
+            raise
+        await conn.executemany(
+            "INSERT INTO person_vault (member_id, household_id, id_hmac, id_number, name, phone)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            [(m["member_id"], household_id, m["id_hmac"], *m["_vault"]) for m in members])
+
+    # -- commands ---------------------------------------------------------------------
+
+    async def register_household(
+        self, conn: Any, *, village_code: str, address: str | None, attribute: str,
+        identification_standard: str, registered_on: date | None, members: list[MemberInput],
+        meta: Metadata, status: str = "applicant", household_id: str | None = None,
+    ) -> tuple[Household, list[RecordedEvent]]:
+        try:
+            await regions.require_village(conn, village_code)
+        except regions.RegionError as exc:
+            raise DomainError("unknown_village", str(exc), field="village_code") from exc
+        persons = [self.person(m, i) for i, m in enumerate(members)]
+        household = Household(household_id or str(uuid.uuid4()))
+        household.register(village_code=village_code, address=address, attribute=attribute,
+                           identification_standard=identification_standard, registered_on=registered_on,
+                           status=status, members=[_public(p) for p in persons])
+        await self._enrol(conn, household.id, persons)
+        recorded = await self.households.save(household, meta, conn=conn)
+        return household, recorded
+
+    async def load(self, conn: Any, household_id: str, expected_version: int | None) -> Household:
+        household = await self.households.load(household_id, conn=conn)
+        if not household.exists:
+            raise DomainError("household_not_found", f"household {household_id} is not registered", 404)
+        if expected_version is not None and expected_version != household.version:
+            raise DomainError("version_mismatch",
+                              f"household {household_id} is at version {household.version}, not {expected_version}",
+                              412, version=household.version)
+        return household
+
+    async def add_member(self, conn: Any, household: Household, m: MemberInput, reason: str,
+                         joined_on: date | None, meta: Metadata) -> tuple[str, list[RecordedEvent]]:
+        person = self.person(m)
+        household.add_member(**_public(person), reason=reason, joined_on=joined_on)
+        await self._enrol(conn, household.id, [person])
+        return person["member_id"], await self.households.save(household, meta, conn=conn)
+
+    async def remove_member(self, conn: Any, household: Household, member_id: str, reason: str,
+                            removed_on: date, note: str | None, meta: Metadata) -> list[RecordedEvent]:
+        household.remove_member(member_id, reason, removed_on, note)
+        # The person may now join another household.
+        await conn.execute("DELETE FROM active_persons WHERE member_id = $1", uuid.UUID(member_id))
+        return await self.households.save(household, meta, conn=conn)
+
+    async def erase_personal_data(self, conn: Any, household: Household, member_id: str,
+                                  meta: Metadata) -> list[RecordedEvent]:
+        household.erase_personal_data(member_id, date.today())
+        await conn.execute(
+            "UPDATE person_vault SET id_number = NULL, name = NULL, phone = NULL, erased_at = now()"
+            " WHERE member_id = $1", uuid.UUID(member_id))
+        return await self.households.save(household, meta, conn=conn)
+
+    async def apply_decision(self, conn: Any, *, household_id: str, decision_event_id: str, case_id: str,
+                             status_effect: str, effective_on: date, monitoring_object_type: str | None,
+                             meta: Metadata) -> list[RecordedEvent]:
+        """Idempotent: a decision already applied (same event id) appends nothing."""
+        claimed = await conn.fetchval(
+            "INSERT INTO applied_decisions (decision_event_id, household_id) VALUES ($1, $2)"
+            " ON CONFLICT (decision_event_id) DO NOTHING RETURNING 1", decision_event_id, uuid.UUID(household_id))
+        if claimed is None:
+            return []
+        household = await self.load(conn, household_id, None)
+        if not household.apply_decision(decision_event_id=decision_event_id, case_id=case_id,
+                                        status_effect=status_effect, effective_on=effective_on,
+                                        monitoring_object_type=monitoring_object_type):
+            return []
+        recorded = await self.households.save(household, meta, conn=conn)
+        if household.status in ("wrongly_identified_removed", "natural_decrease"):
+            await conn.execute("DELETE FROM active_persons WHERE household_id = $1", uuid.UUID(household_id))
+        return recorded
+
+    async def personal_data(self, conn: Any, household_id: str) -> dict[str, dict[str, Any]]:
+        rows = await conn.fetch(
+            "SELECT member_id::text, id_number, name, phone, erased_at FROM person_vault WHERE household_id = $1",
+            uuid.UUID(household_id))
+        return {r["member_id"]: dict(r) for r in rows}
+
+
+def _public(person: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in person.items() if not k.startswith("_")}

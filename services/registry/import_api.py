@@ -1,0 +1,187 @@
+"""HTTP API of bulk household imports: template download, upload, import reports.
+
+The upload is ``multipart/form-data`` with the file in the field ``file`` (a raw
+body with an XLSX or CSV content type is accepted too). The multipart body is
+parsed here with the standard library, so the service needs no extra
+dependency; the size limit is enforced while the body streams in.
+"""
+
+from __future__ import annotations
+
+import email.message
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from eventkit.runtime import problem, runtime_of
+from eventkit.telemetry import correlation_id
+
+from . import importer
+from .commands import Registry
+
+router = APIRouter(tags=["imports"])
+
+MAX_UPLOAD_BYTES = importer.MAX_FILE_BYTES
+_MULTIPART_OVERHEAD = 64 * 1024
+
+
+class UploadError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+@router.get("/imports/template", summary="Download the household import template (XLSX or CSV)",
+            response_class=Response,
+            responses={200: {"content": {importer.CONTENT_TYPES["xlsx"]: {}, "text/csv": {}},
+                             "description": "The template file"}})
+async def template(format: str = Query("xlsx", pattern="^(xlsx|csv)$",
+                                       description="xlsx (two sheets) or csv (one file, `record` column)")):
+    data = importer.build_template(format)
+    name = f"households-import-template.{format}"
+    zh = f"建档立卡户导入模板.{format}"
+    return Response(data, media_type=importer.CONTENT_TYPES[format], headers={
+        "Content-Disposition": f"attachment; filename=\"{name}\"; filename*=UTF-8''{quote(zh)}",
+        "Cache-Control": "no-cache"})
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise UploadError(413, "file_too_large", f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise UploadError(413, "file_too_large", f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _header_params(value: str, header: str = "content-disposition") -> email.message.Message:
+    msg = email.message.Message()
+    msg[header] = value
+    return msg
+
+
+def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
+    """Fields of a multipart/form-data body: name -> (file name, content)."""
+    boundary = _header_params(content_type, "content-type").get_param("boundary", header="content-type")
+    if not boundary or not isinstance(boundary, str):
+        raise UploadError(400, "invalid_multipart", "multipart/form-data without a boundary")
+    delimiter = b"--" + boundary.encode("latin-1")
+    fields: dict[str, tuple[str | None, bytes]] = {}
+    parts = body.split(delimiter)
+    if len(parts) < 3:
+        raise UploadError(400, "invalid_multipart", "the multipart body has no parts")
+    for part in parts[1:]:
+        if part.startswith(b"--"):
+            break  # the closing delimiter
+        if part.startswith(b"\r\n"):
+            part = part[2:]
+        head, sep, content = part.partition(b"\r\n\r\n")
+        if not sep:
+            raise UploadError(400, "invalid_multipart", "a multipart part has no header end")
+        if content.endswith(b"\r\n"):
+            content = content[:-2]
+        disposition = None
+        for line in head.decode("utf-8", errors="replace").split("\r\n"):
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "content-disposition":
+                disposition = value.strip()
+        if disposition is None:
+            continue
+        msg = _header_params(disposition)
+        name = msg.get_param("name", header="content-disposition")
+        filename = msg.get_filename()
+        if isinstance(name, str):
+            fields[name] = (filename, content)
+    return fields
+
+
+async def _upload(request: Request) -> tuple[str | None, bytes]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.lower().startswith("multipart/form-data"):
+        body = await _read_body(request, MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD)
+        fields = parse_multipart(body, content_type)
+        if "file" not in fields:
+            raise UploadError(422, "missing_file", "upload the file in the multipart field 'file'")
+        name, data = fields["file"]
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise UploadError(413, "file_too_large", f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+        return name, data
+    body = await _read_body(request, MAX_UPLOAD_BYTES)
+    name = None
+    if "spreadsheetml" in content_type:
+        name = "upload.xlsx"
+    elif "csv" in content_type:
+        name = "upload.csv"
+    return name, body
+
+
+def _actor(request: Request) -> str | None:
+    return request.headers.get("x-tpa-actor")
+
+
+@router.post("/imports/households", summary="Import households from a filled template (XLSX or CSV)",
+             responses={200: {"description": "Imported (the report; with skip_invalid, errors list the "
+                                             "skipped rows)"},
+                        413: {"description": "The file is larger than 20 MB"},
+                        422: {"description": "The file has errors: nothing was imported (problem+json with "
+                                             "`errors` [{sheet,row,column,reason,code}] and the report)"}})
+async def import_households(request: Request, skip_invalid: bool = Query(
+        False, description="Import the valid households and report the others (default: all or nothing)")):
+    runtime = runtime_of(request)
+    registry: Registry = runtime.state["registry"]
+    try:
+        file_name, data = await _upload(request)
+    except UploadError as exc:
+        return problem(exc.status, exc.code, str(exc))
+    if not data:
+        return problem(422, "empty_file", "the uploaded file is empty")
+    try:
+        report = await importer.import_file(
+            registry, runtime.pool, data, file_name=file_name, skip_invalid=skip_invalid,
+            actor=_actor(request), correlation_id=correlation_id.get())
+    except importer.ImportFileError as exc:
+        status = 413 if exc.code == "file_too_large" else 415 if exc.code == "unsupported_format" else 422
+        return problem(status, exc.code, str(exc))
+    body = report.to_json()
+    headers = {"Location": f"/imports/{report.import_id}"}
+    if report.rejected:
+        counts = body["counts"]
+        detail = (f"{counts['errors']} error(s) in {counts['households_in_file']} household(s); nothing was "
+                  "imported. Correct the rows listed (or import with skip_invalid=true).")
+        response = problem(422, "import_rejected", "The file has errors: nothing was imported", detail,
+                           errors=body["errors"], import_id=report.import_id, counts=counts,
+                           already_imported=body["already_imported"])
+        response.headers.update(headers)
+        return response
+    return JSONResponse(body, status_code=200, headers=headers)
+
+
+@router.get("/imports/{import_id}", summary="An import's report")
+async def get_import(import_id: uuid.UUID, request: Request) -> Any:
+    found = await importer.get_import(runtime_of(request).pool, str(import_id))
+    if found is None:
+        return problem(404, "import_not_found", f"import {import_id} is not known")
+    return found
+
+
+@router.get("/imports/{import_id}/errors.csv", summary="An import's errors as CSV",
+            response_class=Response, responses={200: {"content": {"text/csv": {}}}})
+async def get_import_errors(import_id: uuid.UUID, request: Request):
+    found = await importer.get_import(runtime_of(request).pool, str(import_id))
+    if found is None:
+        return problem(404, "import_not_found", f"import {import_id} is not known")
+    report = importer.ImportReport(str(import_id), found.get("file_name"), found.get("format"),
+                                   found.get("sha256"), bool(found.get("skip_invalid")))
+    report.errors = [importer.RowError(**e) for e in found.get("errors") or []]
+    report.already_imported = list(found.get("already_imported") or [])
+    return Response(report.errors_csv().encode("utf-8-sig"), media_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="import-{import_id}-errors.csv"'})
