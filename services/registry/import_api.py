@@ -8,13 +8,14 @@ dependency; the size limit is enforced while the body streams in.
 
 from __future__ import annotations
 
-import email.message
 import uuid
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from eventkit.runtime import problem, runtime_of
 from eventkit.telemetry import correlation_id
@@ -63,44 +64,25 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _header_params(value: str, header: str = "content-disposition") -> email.message.Message:
-    msg = email.message.Message()
-    msg[header] = value
-    return msg
+async def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
+    """Fields of a multipart/form-data body (parsed by Starlette): name -> (file name, content)."""
+    async def stream():
+        yield body
 
-
-def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
-    """Fields of a multipart/form-data body: name -> (file name, content)."""
-    boundary = _header_params(content_type, "content-type").get_param("boundary", header="content-type")
-    if not boundary or not isinstance(boundary, str):
-        raise UploadError(400, "invalid_multipart", "multipart/form-data without a boundary")
-    delimiter = b"--" + boundary.encode("latin-1")
+    parser = MultiPartParser(Headers({"content-type": content_type}), stream(), max_files=1, max_fields=10)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise UploadError(400, "invalid_multipart", f"unreadable multipart body: {exc.message}") from None
     fields: dict[str, tuple[str | None, bytes]] = {}
-    parts = body.split(delimiter)
-    if len(parts) < 3:
-        raise UploadError(400, "invalid_multipart", "the multipart body has no parts")
-    for part in parts[1:]:
-        if part.startswith(b"--"):
-            break  # the closing delimiter
-        if part.startswith(b"\r\n"):
-            part = part[2:]
-        head, sep, content = part.partition(b"\r\n\r\n")
-        if not sep:
-            raise UploadError(400, "invalid_multipart", "a multipart part has no header end")
-        if content.endswith(b"\r\n"):
-            content = content[:-2]
-        disposition = None
-        for line in head.decode("utf-8", errors="replace").split("\r\n"):
-            key, _, value = line.partition(":")
-            if key.strip().lower() == "content-disposition":
-                disposition = value.strip()
-        if disposition is None:
-            continue
-        msg = _header_params(disposition)
-        name = msg.get_param("name", header="content-disposition")
-        filename = msg.get_filename()
-        if isinstance(name, str):
-            fields[name] = (filename, content)
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                fields[name] = (value.filename, await value.read())
+            else:
+                fields[name] = (None, value.encode())
+    finally:
+        await form.close()
     return fields
 
 
@@ -108,7 +90,7 @@ async def _upload(request: Request) -> tuple[str | None, bytes]:
     content_type = request.headers.get("content-type", "")
     if content_type.lower().startswith("multipart/form-data"):
         body = await _read_body(request, MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD)
-        fields = parse_multipart(body, content_type)
+        fields = await parse_multipart(body, content_type)
         if "file" not in fields:
             raise UploadError(422, "missing_file", "upload the file in the multipart field 'file'")
         name, data = fields["file"]
