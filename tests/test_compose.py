@@ -4,8 +4,9 @@ Validation uses, in this order, whatever is installed:
 
 1. ``docker-compose config -q`` (Compose v1, Debian package ``docker-compose``) or
    ``docker compose config -q`` (Compose v2 plugin); neither needs a Docker engine;
-2. the Compose-spec JSON schema shipped inside an installed docker-compose v1
-   Python package (``compose/config/compose_spec.json``), checked with jsonschema.
+2. the Compose-spec JSON schema shipped inside the docker-compose v1 Python
+   package (``compose/config/compose_spec.json``): from an installed copy, or from
+   its wheel downloaded from PyPI into the virtualenv; checked with jsonschema.
 
 When none is available the test fails with install instructions instead of skipping.
 The structural checks below need only PyYAML.
@@ -104,7 +105,31 @@ def _compose_schema_path() -> Path | None:
         "/usr/local/lib/python3*/site-packages/compose/config/compose_spec.json",
     ):
         candidates += [Path(p) for p in sorted(glob.glob(pattern))]
-    return next((p for p in candidates if p.is_file()), None)
+    return next((p for p in candidates if p.is_file()), None) or _compose_schema_from_pypi()
+
+
+def _compose_schema_from_pypi() -> Path | None:
+    """The Compose-spec schema shipped in the docker-compose 1.29.2 wheel on PyPI.
+
+    Downloaded (not installed: its dependencies clash with ours) once into the
+    virtualenv, so a fresh machine with only Python and PyPI can run this test.
+    """
+    cache = Path(sys.prefix) / ".cache" / "compose-spec"
+    target = cache / "compose_spec.json"
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                           "--dest", str(cache), "docker-compose==1.29.2"],
+                          capture_output=True, text=True, timeout=300)
+    wheels = sorted(cache.glob("docker_compose-*.whl"))
+    if done.returncode != 0 or not wheels:
+        return None
+    import zipfile
+
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        target.write_bytes(wheel.read("compose/config/compose_spec.json"))
+    return target
 
 
 def _run_compose_config(cli: list[str], env: dict[str, str], env_file: Path) -> subprocess.CompletedProcess[str]:

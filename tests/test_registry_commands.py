@@ -12,7 +12,7 @@ import pytest
 
 
 from .conftest import village_code
-from .platform import running_platform
+from .harness import running_platform
 from .registry_helpers import household, member, seed_village
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from services.registry import codes, demo_data, identity, importer
 
-from .platform import TEST_HMAC_KEY, running_platform
+from .harness import TEST_HMAC_KEY, running_platform
 
 ROOT = Path(__file__).resolve().parent.parent
 

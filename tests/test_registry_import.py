@@ -22,7 +22,7 @@ from eventkit import migrations as mig
 from services.registry import importer
 
 from .conftest import village_code
-from .platform import TEST_HMAC_KEY, running_platform
+from .harness import TEST_HMAC_KEY, running_platform
 from .registry_helpers import id_number, seed_village
 
 ROOT = Path(__file__).resolve().parent.parent

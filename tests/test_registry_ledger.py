@@ -20,7 +20,7 @@ from services.monitoring.projections import UnknownHousehold, VillageHouseholds
 from services.registry import regions
 from services.registry.ledger import HouseholdLedger, LedgerError, evolve, fold
 
-from .platform import running_platform
+from .harness import running_platform
 
 HMAC_KEY = "ledger-test-key-" + "k" * 32
 WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)

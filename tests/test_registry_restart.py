@@ -7,7 +7,7 @@ import httpx
 from eventkit.testing import wait_until
 
 from .conftest import village_code
-from .platform import running_platform
+from .harness import running_platform
 from .registry_helpers import household, seed_village
 
 

@@ -15,7 +15,7 @@ from eventkit import telemetry
 from eventkit.testing import wait_until
 
 from .conftest import village_code
-from .platform import running_platform
+from .harness import running_platform
 from .registry_helpers import household, seed_village
 
 
