@@ -84,6 +84,14 @@ async def _once(conn: Any, handler: Callable[[Any], Awaitable[CommandResult]], k
         return result
 
 
+async def expire(pool: Any, retention_hours: float) -> int:
+    """Forget results older than the retention period; return how many were removed."""
+    status = await pool.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+        float(retention_hours) * 3600.0)
+    return int(status.split()[-1])
+
+
 def _replay(prior: Any, key: str, fingerprint: str) -> CommandResult:
     if prior["request_hash"] != fingerprint:
         raise IdempotencyKeyReused(key)

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from . import migrations as mig
 from .errors import ConcurrencyError, IdempotencyKeyReused, StreamNotFound
 from .idempotency import CommandResult, request_fingerprint, run_command
+from .idempotency import expire as expire_idempotency
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .projection import Projection, ProjectionRunner
 from .relay import Relay
@@ -108,6 +109,7 @@ class ServiceRuntime:
                 on_rewind=self.metrics.relay_rewinds.labels(self.service).inc,
             )
             self._spawn(self.relay.run(), f"relay-{self.service}")
+        self._spawn(self._expire_idempotency_keys(), f"idempotency-expiry-{self.service}")
         for projection in self.projections:
             runner = ProjectionRunner(
                 projection, service=self.service, pool=self.pool,
@@ -118,6 +120,18 @@ class ServiceRuntime:
             )
             self.runners.append(runner)
             self._spawn(runner.run(), f"projection-{projection.name}")
+
+    async def _expire_idempotency_keys(self, every: float = 3600.0) -> None:
+        """Forget remembered command results after the retention period, hourly."""
+        while True:
+            try:
+                deleted = await expire_idempotency(self.pool, self.settings.idempotency_retention_hours)
+                log.debug("idempotency keys expired: %d", deleted)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database may be briefly away; try again next round
+                log.warning("expiring idempotency keys failed", exc_info=True)
+            await asyncio.sleep(every)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)

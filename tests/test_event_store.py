@@ -176,3 +176,22 @@ async def test_tailing_reader_sees_every_event_once_and_in_order_under_concurren
     assert seen == stored, "the tailing reader missed or repeated events"
     assert len(set(seen_ids)) == len(seen_ids)
     assert seen == sorted(seen)
+
+
+async def test_remembered_command_results_expire_after_the_retention_period(pool):
+    from eventkit.idempotency import CommandResult, expire, run_command
+
+    calls = []
+
+    async def handler(conn):
+        calls.append(1)
+        return CommandResult(201, {"n": len(calls)})
+
+    first = await run_command(pool, handler, key="k1", scope="POST /x", fingerprint="f")
+    again = await run_command(pool, handler, key="k1", scope="POST /x", fingerprint="f")
+    assert first.body == again.body == {"n": 1} and again.replayed
+    assert await expire(pool, 1.0) == 0  # still fresh
+    await pool.execute("UPDATE idempotency_keys SET created_at = now() - interval '2 hours'")
+    assert await expire(pool, 1.0) == 1
+    later = await run_command(pool, handler, key="k1", scope="POST /x", fingerprint="f")
+    assert later.body == {"n": 2} and not later.replayed
