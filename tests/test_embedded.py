@@ -8,9 +8,10 @@ import socket
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
 from eventkit.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from eventkit.kafka import ensure_topics
 
 
 def test_free_port_is_bindable() -> None:
@@ -76,12 +77,7 @@ async def test_broker_produce_consume_and_lose_data_on_restart() -> None:
         bootstrap = broker.bootstrap_servers
         assert bootstrap == f"127.0.0.1:{broker.port}"
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(name=topic, num_partitions=1, replication_factor=1)])
-        finally:
-            await admin.close()
+        await ensure_topics(bootstrap, [topic], partitions=1, replication_factor=1)
 
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
         await producer.start()

@@ -9,10 +9,13 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from eventkit.embedded import EmbeddedBroker, _encode_uvarint, rewrite_api_versions_response
-
+from eventkit.embedded import (
+    EmbeddedBroker,
+    _encode_uvarint,
+    rewrite_api_versions_response,
+)
+from eventkit.kafka import ensure_topics
 
 _uvarint = _encode_uvarint
 
@@ -82,12 +85,7 @@ async def test_kcat_consumes_through_the_proxy() -> None:
     topic = f"tpa.test.proxy.{uuid.uuid4().hex[:8]}"
     with EmbeddedBroker() as broker:
         bootstrap = broker.bootstrap_servers
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(name=topic, num_partitions=1, replication_factor=1)])
-        finally:
-            await admin.close()
+        await ensure_topics(bootstrap, [topic], partitions=1, replication_factor=1)
 
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all")
         await producer.start()
