@@ -7,6 +7,19 @@ class EventKitError(Exception):
     """Base class for plumbing errors."""
 
 
+class DomainError(Exception):
+    """A command the rules refuse: `code` is machine-readable, `status` the HTTP status.
+
+    Services' domain modules raise it; every service answers it as a problem document.
+    """
+
+    def __init__(self, code: str, message: str, status: int = 422, **details: object) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.details = details
+
+
 class ConcurrencyError(EventKitError):
     """The stream is not at the version the writer expected (HTTP 409)."""
 

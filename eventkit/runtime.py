@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.responses import JSONResponse, Response
 
 from . import migrations as mig
-from .errors import ConcurrencyError, IdempotencyKeyReused, StreamNotFound
+from .errors import ConcurrencyError, DomainError, IdempotencyKeyReused, StreamNotFound
 from .idempotency import CommandResult, request_fingerprint, run_command
 from .idempotency import expire as expire_idempotency
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -35,6 +35,16 @@ from .store import EventStore
 from .telemetry import correlation_id
 
 log = logging.getLogger("eventkit.runtime")
+
+
+_REFUSAL_TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 409: "Conflict with the current state",
+                   412: "Precondition failed", 422: "Invalid request"}
+
+
+def domain_problem(exc: DomainError) -> JSONResponse:
+    """The problem document of a command the domain refused."""
+    return problem(exc.status, exc.code, _REFUSAL_TITLES.get(exc.status, "Request refused"), str(exc),
+                   **exc.details)
 
 
 def problem(status: int, code: str, title: str, detail: str | None = None, **extra: Any) -> JSONResponse:
@@ -232,6 +242,10 @@ class ServiceRuntime:
             return problem(409, "concurrency_conflict", "The resource was changed by another request",
                            str(exc), stream_id=exc.stream_id, expected_version=exc.expected,
                            actual_version=exc.actual)
+
+        @app.exception_handler(DomainError)
+        async def on_refused(request: Request, exc: DomainError):
+            return domain_problem(exc)
 
         @app.exception_handler(IdempotencyKeyReused)
         async def on_key_reused(request: Request, exc: IdempotencyKeyReused):

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from eventkit.events import Metadata, RecordedEvent
 from eventkit.idempotency import CommandResult
-from eventkit.runtime import idempotent, problem, runtime_of
+from eventkit.runtime import domain_problem, idempotent, runtime_of
 from eventkit.telemetry import correlation_id
 
 from . import codes
@@ -36,14 +36,6 @@ def registry_of(request: Request) -> Registry:
 
 def metadata(request: Request) -> Metadata:
     return Metadata(actor=request.headers.get("x-tpa-actor"), correlation_id=correlation_id.get())
-
-
-_TITLES = {400: "Bad request", 404: "Not found", 409: "Conflict with the current state",
-           412: "Precondition failed", 422: "Invalid request"}
-
-
-def domain_problem(exc: DomainError) -> JSONResponse:
-    return problem(exc.status, exc.code, _TITLES.get(exc.status, "Request refused"), str(exc), **exc.details)
 
 
 def if_match(request: Request) -> int | None:

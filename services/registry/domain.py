@@ -16,6 +16,7 @@ from typing import Any
 
 from contracts import registry as ev
 from eventkit.aggregate import Aggregate
+from eventkit.errors import DomainError
 
 from . import codes
 
@@ -30,16 +31,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "natural_decrease": frozenset({"applicant", "identified", "lifted_out", "returned_to_poverty"}),
 }
 CLOSED = frozenset({"wrongly_identified_removed", "natural_decrease"})
-
-
-class DomainError(Exception):
-    """A command the rules refuse: `code` is machine-readable, `status` the HTTP status."""
-
-    def __init__(self, code: str, message: str, status: int = 422, **details: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-        self.details = details
 
 
 def _conflict(code: str, message: str, **details: Any) -> DomainError:

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import date
 
+from contracts.masking import mask_id_number, mask_name  # noqa: F401  (re-exported)
+
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK_CHARS = "10X98765432"  # index: weighted sum mod 11
 _ID_PATTERN = re.compile(r"^[0-9]{17}[0-9X]$")
@@ -116,43 +118,6 @@ def validate_id_number(raw: str, birth_date: date | None = None, *,
 
 
 # -- masking -------------------------------------------------------------------------
-
-def mask_id_number(id_number: str) -> str:
-    """Keep the first 4 and last 4 characters: ``6201**********1234``. Anything of
-    8 characters or fewer is masked completely."""
-    s = (id_number or "").strip().upper()
-    if len(s) <= 8:
-        return "*" * len(s)
-    return s[:4] + "*" * (len(s) - 8) + s[-4:]
-
-
-_NAME_SEPARATORS = re.compile(r"([\s·•.\-]+)")
-
-
-def _mask_part(part: str) -> str:
-    if len(part) <= 1:
-        return "*" * len(part)
-    return part[0] + "*" * (len(part) - 1)
-
-
-def mask_name(name: str) -> str:
-    """Mask a person's name for display.
-
-    Chinese names keep the first and, from three characters on, the last
-    character (a three-character name keeps its first and last character).
-    Names in parts (Latin names, or minority names joined with ·) keep the
-    first letter of each part: John Smith -> J*** S****.
-    """
-    s = (name or "").strip()
-    if not s:
-        return ""
-    pieces = _NAME_SEPARATORS.split(s)
-    if len(pieces) > 1:
-        return "".join(p if i % 2 else _mask_part(p) for i, p in enumerate(pieces))
-    if not s.isascii() and len(s) >= 3:
-        return s[0] + "*" * (len(s) - 2) + s[-1]
-    return _mask_part(s)
-
 
 _MOBILE = re.compile(r"^1[3-9][0-9]{9}$")
 # Area code 010, 02x (3 digits) or 0xxx (4 digits); local number 7-8 digits not
