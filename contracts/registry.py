@@ -8,8 +8,8 @@ from the registry's code lists (``GET /code-lists``), not labels.
 
 from __future__ import annotations
 
-from datetime import date
-from typing import ClassVar
+from datetime import date, datetime
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -236,6 +236,54 @@ class MemberPersonalDataErased(_HouseholdEvent):
     erased_on: date
 
 
+CHANGE_KINDS = ("member_update", "income", "conditions", "causes", "coordinates", "plan")
+
+
+class ChangeRequested(_HouseholdEvent):
+    """A cadre asked to change the household's data. The change counts only once a
+    ``data_change`` review case approves it (the workflow service opens that case on
+    this event, with ``subject`` = the change request id). The proposed values stay
+    in the registry (``GET /households/{id}/change-requests/{change_request_id}``);
+    the event names only what would change."""
+
+    event_type: ClassVar[str] = "ChangeRequested"
+    schema_version: ClassVar[int] = 1
+
+    change_request_id: str = _uuid("Change request id (lower-case UUID).")
+    kind: Literal["member_update", "income", "conditions", "causes", "coordinates", "plan"] = Field(
+        description="Which household command the change is.")
+    target: str | None = Field(default=None, description="Member id (member_update) or year (income, plan).")
+    fields: list[str] = Field(description="Names of the fields the change sets (values are not in the event).")
+    reason: str = Field(min_length=1, description="Why the cadre asks for the change.")
+    requested_by: str = Field(min_length=1, description="User id of the cadre.")
+    requested_at: datetime
+
+
+class ChangeRequestApplied(_HouseholdEvent):
+    """An approved change request was applied; the change's own events precede this one."""
+
+    event_type: ClassVar[str] = "ChangeRequestApplied"
+    schema_version: ClassVar[int] = 1
+
+    change_request_id: str = _uuid("Change request id.")
+    case_id: str = Field(min_length=1, description="The data_change case that approved it.")
+    decision_event_id: str = Field(description="Event id of the workflow decision (CaseConcluded).")
+
+
+class ChangeRequestClosed(_HouseholdEvent):
+    """A change request ended without being applied: its case rejected it, or the
+    approved change no longer fits the household (e.g. the member was removed)."""
+
+    event_type: ClassVar[str] = "ChangeRequestClosed"
+    schema_version: ClassVar[int] = 1
+
+    change_request_id: str = _uuid("Change request id.")
+    case_id: str = Field(min_length=1)
+    outcome: Literal["rejected", "not_applicable"]
+    reason: str | None = Field(default=None, description="Why an approved change could not be applied.")
+    decision_event_id: str = Field(description="Event id of the workflow decision (CaseConcluded).")
+
+
 class VillageProfileUpdated(EventModel):
     """Dated village data the exit criteria and poverty incidence need."""
 
@@ -262,6 +310,6 @@ HOUSEHOLD_EVENTS: tuple[type[EventModel], ...] = (
     HouseholdRegistered, MemberAdded, MemberUpdated, MemberRemoved, HeadChanged, IncomeAssessed,
     LivingConditionsAssessed, PovertyCausesRecorded, CadreAssigned, CadreReleased, AssistancePlanRecorded,
     CoordinatesSet, HouseholdStatusChanged, MonitoringDesignated, MonitoringRiskEliminated,
-    MemberPersonalDataErased,
+    MemberPersonalDataErased, ChangeRequested, ChangeRequestApplied, ChangeRequestClosed,
 )
 VILLAGE_EVENTS: tuple[type[EventModel], ...] = (VillageProfileUpdated,)

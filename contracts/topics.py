@@ -18,7 +18,9 @@ from typing import Any, Mapping
 from contracts.base import SERVICES, EventModel, topic_name  # noqa: F401 (SERVICES, topic_name re-exported)
 from contracts.envelope import EventEnvelope
 from contracts.registry import HOUSEHOLD, HOUSEHOLD_EVENTS, VILLAGE, VILLAGE_EVENTS
-from contracts.workflow import CASE, CaseConcluded
+from contracts.monitoring import ALERT, ALERT_EVENTS
+from contracts.workflow import CASE
+from contracts.workflow_cases import CASE_EVENTS
 
 # CloudEvents Kafka binary binding headers.
 HEADER_CE_SPECVERSION = "ce_specversion"
@@ -57,7 +59,8 @@ TOPICS: dict[str, Topic] = {
     for t in (
         _topic("registry", HOUSEHOLD, "stream id (household id)", *HOUSEHOLD_EVENTS),
         _topic("registry", VILLAGE, "stream id (village code)", *VILLAGE_EVENTS),
-        _topic("workflow", CASE, "stream id (case id)", CaseConcluded),
+        _topic("workflow", CASE, "stream id (case id)", *CASE_EVENTS),
+        _topic("monitoring", ALERT, "stream id (alert id)", *ALERT_EVENTS),
     )
 }
 

@@ -1,7 +1,7 @@
-"""Events published by the workflow service that other services act on.
+"""The workflow event other services act on: ``CaseConcluded``.
 
-Only the decision the registry needs is defined here so far; the full review
-workflow (cases, steps, notices, objections) is specified in its own issue.
+The other events of the case stream (opening, decisions, notices, objections,
+comparisons, escalation, overdue steps) are in ``contracts.workflow_cases``.
 """
 
 from __future__ import annotations
@@ -42,3 +42,6 @@ class CaseConcluded(EventModel):
     )
     monitoring_object_type: str | None = Field(default=None, description="For monitoring_designated.")
     effective_on: date
+    subject: str | None = Field(default=None, description=(
+        "What the case was about within its type, as opened: the change request id of a data_change case, "
+        "the risk code of a return_risk case, the need kind of an assistance_need case."))

@@ -39,8 +39,17 @@ MEMBER_ID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
 HMAC = "5d41402abc4b2a76b9719d911017c5925d41402abc4b2a76b9719d911017c592"
 
 
+CHANGE_ID = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+CASE_ID = "1d2c3b4a-5f6e-4d7c-8b9a-0f1e2d3c4b5a"
+AT = "2025-03-01T08:00:00+00:00"
+
+
 def _household(**data: Any) -> tuple[str, dict[str, Any]]:
     return HOUSEHOLD_ID, {"household_id": HOUSEHOLD_ID, **data}
+
+
+def _case(**data: Any) -> tuple[str, dict[str, Any]]:
+    return CASE_ID, {"case_id": CASE_ID, **data}
 
 
 SAMPLES: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {
@@ -82,7 +91,42 @@ SAMPLES: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {
     ("CaseConcluded", 1): ("case-1", {
         "case_id": "case-1", "case_type": "identification", "household_id": HOUSEHOLD_ID,
         "outcome": "approved", "status_effect": "identified", "monitoring_object_type": None,
-        "effective_on": "2024-04-01"}),
+        "effective_on": "2024-04-01", "subject": None}),
+    ("ChangeRequested", 1): _household(
+        change_request_id=CHANGE_ID, kind="income", target="2024", fields=["wage", "transfer"],
+        reason="工资收入核实有误", requested_by="cadre-17", requested_at="2025-03-01T08:00:00+00:00"),
+    ("ChangeRequestApplied", 1): _household(change_request_id=CHANGE_ID, case_id="case-4",
+                                            decision_event_id="0b1c2d3e-0000-4000-8000-000000000004"),
+    ("ChangeRequestClosed", 1): _household(change_request_id=CHANGE_ID, case_id="case-4", outcome="rejected",
+                                           reason=None, decision_event_id="0b1c2d3e-0000-4000-8000-000000000004"),
+    ("CaseOpened", 1): _case(
+        case_type="identification", case_type_version=1, household_id=HOUSEHOLD_ID, village_code="530102001001",
+        opened_by="cadre-17", reason="本人申请", subject=None, monitoring_object_type=None,
+        first_step="application", opened_at=AT),
+    ("StepDecided", 1): _case(
+        step_id="group_appraisal", decision="return", return_to="application", comment="材料不全",
+        override_reason=None, reviewer_id="u-9", reviewer_role="village_committee", reviewer_level="village",
+        next_step="application", decided_at=AT),
+    ("NoticePosted", 1): _case(notice_id="first_notice#1", step_id="first_notice", starts_at=AT,
+                               ends_at="2025-03-08T08:00:00+00:00"),
+    ("ObjectionFiled", 1): _case(objection_id="objection-1", notice_id="first_notice#1", step_id="first_notice",
+                                 content="该户有轿车一辆", filer_name_masked="李*", filed_at=AT),
+    ("ObjectionResolved", 1): _case(objection_id="objection-1", finding="车辆已于2023年转让", upheld=False,
+                                    reviewer_id="u-9", reviewer_role="village_committee", resolved_at=AT),
+    ("ComparisonRecorded", 1): _case(step_id="data_comparison", member_id=MEMBER_ID, source="vehicles", hit=True,
+                                     detail="名下小型轿车一辆", recorded_by="dept:public-security", recorded_at=AT),
+    ("CaseEscalated", 1): _case(from_step="village_handling", to_step="township_handling", from_level="village",
+                                to_level="township", reason="需乡镇协调", reviewer_id="u-3",
+                                reviewer_role="village_committee", escalated_at=AT),
+    ("CaseResolved", 1): _case(step_id="township_handling", level="township", what_was_done="安排公益岗位",
+                               reviewer_id="u-4", reviewer_role="township_reviewer", resolved_at=AT),
+    ("StepOverdue", 1): _case(step_id="township_review", level="township", role="township_reviewer",
+                              entered_at=AT, due_at="2025-03-11T08:00:00+00:00",
+                              detected_at="2025-03-12T08:00:00+00:00"),
+    ("ReturnRiskAlertRaised", 1): ("alert-1", {
+        "alert_id": "alert-1", "household_id": HOUSEHOLD_ID, "village_code": "530102001001",
+        "risk": "medical_expense", "rule_id": "medical-expense-over-income", "severity": "high",
+        "requires_verification": True, "object_type": None, "detail": None, "raised_at": AT}),
 }
 
 

@@ -276,7 +276,7 @@ class Case(Aggregate):
         self._record(CaseConcluded, case_type=self.case_type, household_id=self.household_id, outcome=outcome,
                      status_effect=effect,
                      monitoring_object_type=self.monitoring_object_type if effect == "monitoring_designated" else None,
-                     effective_on=now.astimezone(CHINA_TZ).date())
+                     effective_on=now.astimezone(CHINA_TZ).date(), subject=self.subject)
 
     # -- commands ---------------------------------------------------------------------
 
