@@ -18,6 +18,9 @@ from contracts.base import EventModel, topic_name
 UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 # ASCII digits only: "\d" would also admit non-ASCII digits in Python/pydantic.
 VILLAGE_CODE_PATTERN = r"^[0-9]{12}$"
+# A province (2 digits), city (4), county (6), township (9) or village (12) code. Province
+# codes start 1-8, so a code of zeros names no region.
+REGION_CODE_PATTERN = r"^[1-9][0-9](?:[0-9]{2}|[0-9]{4}|[0-9]{7}|[0-9]{10})?$"
 HMAC_PATTERN = r"^[0-9a-f]{64}$"
 
 HOUSEHOLD = "household"

@@ -28,6 +28,7 @@ from .errors import ConcurrencyError, DomainError, IdempotencyKeyReused, StreamN
 from .idempotency import CommandResult, request_fingerprint, run_command
 from .idempotency import expire as expire_idempotency
 from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .problems import Problem  # noqa: F401 (re-exported for the services' response models)
 from .projection import Projection, ProjectionRunner
 from .relay import Relay
 from .settings import ServiceSettings
@@ -37,14 +38,18 @@ from .telemetry import correlation_id
 log = logging.getLogger("eventkit.runtime")
 
 
-_REFUSAL_TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 409: "Conflict with the current state",
+_REFUSAL_TITLES = {400: "Bad request", 401: "Unauthenticated", 403: "Forbidden", 404: "Not found",
+                   409: "Conflict with the current state",
                    412: "Precondition failed", 422: "Invalid request"}
 
 
 def domain_problem(exc: DomainError) -> JSONResponse:
     """The problem document of a command the domain refused."""
-    return problem(exc.status, exc.code, _REFUSAL_TITLES.get(exc.status, "Request refused"), str(exc),
-                   **exc.details)
+    response = problem(exc.status, exc.code, _REFUSAL_TITLES.get(exc.status, "Request refused"), str(exc),
+                       **exc.details)
+    if exc.status == 401:  # RFC 9110 section 11.6.1: a 401 names how to authenticate
+        response.headers["WWW-Authenticate"] = 'TPA-Identity realm="tpa"'
+    return response
 
 
 def problem(status: int, code: str, title: str, detail: str | None = None, **extra: Any) -> JSONResponse:
@@ -213,7 +218,12 @@ class ServiceRuntime:
         @app.middleware("http")
         async def reject_unstorable_text(request: Request, call_next):
             # PostgreSQL cannot store NUL characters or lone UTF-16 surrogates: refuse them up front
-            # with a clear 422 instead of failing half-way through a command.
+            # with a clear 422 instead of failing half-way through a command or a query.
+            for name, value in request.query_params.multi_items():
+                if _unstorable(value) is not None or _unstorable(name) is not None:
+                    shown = name if _unstorable(name) is None else "(a parameter)"
+                    return problem(422, "invalid_text", "Invalid request",
+                                   f"query.{shown}: text must not contain NUL characters or unpaired surrogates")
             if request.method in ("POST", "PUT", "PATCH") and \
                     request.headers.get("content-type", "").startswith("application/json"):
                 body = await request.body()
@@ -423,10 +433,31 @@ def install_problem_openapi(app: FastAPI) -> None:
                         response["content"] = {"application/problem+json": {"schema": ref}}
         schema["components"]["schemas"].pop("HTTPValidationError", None)
         schema["components"]["schemas"].pop("ValidationError", None)
+        _declare_storable_text(schema)
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+# Text the services accept: no NUL (PostgreSQL cannot store it; the middleware answers 422
+# invalid_text). Unpaired UTF-16 surrogates are refused too, but are left out of the
+# pattern: a JSON string holding one is not valid Unicode, and common regex engines of
+# schema tools cannot express the class.
+STORABLE_TEXT = "^[^\\u0000]*$"
+
+
+def _declare_storable_text(node: Any) -> None:
+    """Give every free-text string schema of the OpenAPI document the STORABLE_TEXT pattern,
+    so that the document states what the middleware enforces."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and not {"pattern", "format", "enum", "const"} & node.keys():
+            node["pattern"] = STORABLE_TEXT
+        for value in node.values():
+            _declare_storable_text(value)
+    elif isinstance(node, list):
+        for value in node:
+            _declare_storable_text(value)
 
 
 def runtime_of(request: Request) -> ServiceRuntime:

@@ -329,6 +329,8 @@ async def test_text_postgresql_cannot_store_is_refused_cleanly(registry):
         r = await gateway.put(f"/households/{hid}/plans/2024", content=raw,
                               headers={"content-type": "application/json"})
         assert r.status_code == 422 and r.json()["code"] == "invalid_text", r.text
+    r = await direct.get("/households", params={"village_code": village, "cause": "a\x00b"})
+    assert r.status_code == 422 and r.json()["code"] == "invalid_text", r.text
     r = await gateway.put(f"/households/{hid}/plans/1541039", json={"measures": [{"kind": "housing",
                                                                                   "description": "x"}]})
     assert r.status_code == 422

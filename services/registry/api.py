@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Annotated, Any, Awaitable, Callable
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from eventkit.events import Metadata, RecordedEvent
 from eventkit.idempotency import CommandResult
-from eventkit.runtime import domain_problem, idempotent, runtime_of
+from eventkit.runtime import domain_problem, idempotent, problem, runtime_of
 from eventkit.telemetry import correlation_id
 
-from . import codes
+from . import changes, codes
 from .commands import MemberInput, Registry
 from .domain import DomainError, Household
 from .schemas import (
-    AddMember, AssignCadre, AssistancePlan, ChangeHead, CommandAccepted, Coordinates, IncomeAssessment,
-    LivingConditions, MemberFacts, PovertyCauses, Problem, RegisterHousehold, ReleaseCadre, RemoveMember, StatusDecision,
-    VillageProfile, facts,
+    AddMember, AssignCadre, AssistancePlan, ChangeHead, ChangeRequestAccepted, ChangeRequestBody, ChangeRequestList,
+    ChangeRequestSummary, ChangeRequestView, ChangeStatus, CommandAccepted, Coordinates, IncomeAssessment,
+    LivingConditions, MemberFacts, PovertyCauses, Problem, RegisterHousehold, ReleaseCadre, RemoveMember,
+    StatusDecision, VillageProfile, facts,
 )
 
 router = APIRouter(tags=["households"])
@@ -53,18 +55,19 @@ def _member(m) -> MemberInput:
                        sex=m.sex, phone=m.phone, ethnicity=m.ethnicity, profile=facts(m.facts))
 
 
-def _accepted(status: int, household: Household, recorded: list[RecordedEvent],
-              member_id: str | None = None) -> CommandResult:
+def _accepted(status: int, household: Household, recorded: list[RecordedEvent], **ids: str) -> CommandResult:
     body = {"household_id": household.id, "version": household.version,
-            "events": [e.event_type for e in recorded]}
-    if member_id:
-        body["member_id"] = member_id
+            "events": [e.event_type for e in recorded], **ids}
     return CommandResult(status, body)
 
 
 async def _command(request: Request, household_id: uuid.UUID, body: Any,
-                   action: Callable[[Registry, Any, Household, Metadata], Awaitable[Any]]) -> JSONResponse:
-    """Load the household (checking If-Match), run the action, save, remember the result."""
+                   action: Callable[[Registry, Any, Household, Metadata], Awaitable[Any]],
+                   status: int = 200) -> JSONResponse:
+    """Load the household (checking If-Match), run the action, save, remember the result.
+
+    The action returns the recorded events, or ``({name: id}, events)`` to add ids to the answer.
+    """
     reg = registry_of(request)
     try:
         expected = if_match(request)
@@ -72,20 +75,18 @@ async def _command(request: Request, household_id: uuid.UUID, body: Any,
         async def handle(conn) -> CommandResult:
             household = await reg.load(conn, str(household_id), expected)
             out = await action(reg, conn, household, metadata(request))
-            member_id, recorded = out if isinstance(out, tuple) else (None, out)
-            return _accepted(200, household, recorded, member_id)
+            ids, recorded = out if isinstance(out, tuple) else ({}, out)
+            return _accepted(status, household, recorded, **ids)
 
         response = await idempotent(request, body.model_dump(mode="json") if body is not None else None, handle)
     except DomainError as exc:
         return domain_problem(exc)
-    if response.status_code == 200:
+    if response.status_code == status:
         response.headers["ETag"] = f'"{_version(response)}"'
     return response
 
 
 def _version(response: JSONResponse) -> int:
-    import json
-
     return json.loads(response.body)["version"]
 
 
@@ -113,8 +114,11 @@ async def register_household(body: RegisterHousehold, request: Request):
 @router.post("/households/{household_id}/members", response_model=CommandAccepted, responses=ERRORS,
              summary="Add a member (birth, marriage, moving in)")
 async def add_member(household_id: uuid.UUID, body: AddMember, request: Request):
-    return await _command(request, household_id, body, lambda reg, conn, h, meta: reg.add_member(
-        conn, h, _member(body.member), body.reason, body.joined_on, meta))
+    async def action(reg: Registry, conn, household: Household, meta: Metadata):
+        member_id, recorded = await reg.add_member(conn, household, _member(body.member), body.reason,
+                                                   body.joined_on, meta)
+        return {"member_id": member_id}, recorded
+    return await _command(request, household_id, body, action)
 
 
 @router.post("/households/{household_id}/members/{member_id}/removal", response_model=CommandAccepted,
@@ -139,7 +143,7 @@ def _then_save(change: Callable[[Household], Any]):
               responses=ERRORS, summary="Update a member's health, education, schooling, skills, work, insurance")
 async def update_member(household_id: uuid.UUID, member_id: uuid.UUID, body: MemberFacts, request: Request):
     return await _command(request, household_id, body,
-                          _then_save(lambda h: h.update_member(str(member_id), facts(body))))
+                          _then_save(lambda h: changes.update_member(h, str(member_id), body)))
 
 
 @router.post("/households/{household_id}/head", response_model=CommandAccepted, responses=ERRORS,
@@ -153,21 +157,21 @@ async def change_head(household_id: uuid.UUID, body: ChangeHead, request: Reques
             summary="Record the income assessment of a year (per-capita net income is computed)")
 async def assess_income(household_id: uuid.UUID, year: Year, body: IncomeAssessment, request: Request):
     return await _command(request, household_id, body,
-                          _then_save(lambda h: h.assess_income(year, body.model_dump())))
+                          _then_save(lambda h: changes.assess_income(h, year, body)))
 
 
 @router.put("/households/{household_id}/conditions", response_model=CommandAccepted, responses=ERRORS,
             summary="Assess living conditions (food, clothing, water, schooling, medical care, housing, ...)")
 async def assess_conditions(household_id: uuid.UUID, body: LivingConditions, request: Request):
     return await _command(request, household_id, body,
-                          _then_save(lambda h: h.assess_conditions(body.assessed_on, body.conditions)))
+                          _then_save(lambda h: changes.assess_conditions(h, None, body)))
 
 
 @router.put("/households/{household_id}/causes", response_model=CommandAccepted, responses=ERRORS,
             summary="Record poverty causes (one primary, others)")
 async def record_causes(household_id: uuid.UUID, body: PovertyCauses, request: Request):
     return await _command(request, household_id, body,
-                          _then_save(lambda h: h.record_causes(body.primary, body.others)))
+                          _then_save(lambda h: changes.record_causes(h, None, body)))
 
 
 @router.post("/households/{household_id}/cadres", response_model=CommandAccepted, responses=ERRORS,
@@ -187,15 +191,14 @@ async def release_cadre(household_id: uuid.UUID, cadre_id: CadreId, body: Releas
 @router.put("/households/{household_id}/plans/{year}", response_model=CommandAccepted, responses=ERRORS,
             summary="Record the assistance plan and measures of a year")
 async def record_plan(household_id: uuid.UUID, year: Year, body: AssistancePlan, request: Request):
-    return await _command(request, household_id, body, _then_save(
-        lambda h: h.record_plan(year, [m.model_dump() for m in body.measures])))
+    return await _command(request, household_id, body, _then_save(lambda h: changes.record_plan(h, year, body)))
 
 
 @router.put("/households/{household_id}/coordinates", response_model=CommandAccepted, responses=ERRORS,
             summary="Set the household's coordinates (attendance geofence)")
 async def set_coordinates(household_id: uuid.UUID, body: Coordinates, request: Request):
     return await _command(request, household_id, body,
-                          _then_save(lambda h: h.set_coordinates(body.latitude, body.longitude)))
+                          _then_save(lambda h: changes.set_coordinates(h, None, body)))
 
 
 @router.post("/households/{household_id}/status-decisions", response_model=CommandAccepted, responses=ERRORS,
@@ -218,6 +221,91 @@ async def apply_status_decision(household_id: uuid.UUID, body: StatusDecision, r
 async def erase_member(household_id: uuid.UUID, member_id: uuid.UUID, request: Request):
     return await _command(request, household_id, None, lambda reg, conn, h, meta: reg.erase_personal_data(
         conn, h, str(member_id), meta))
+
+
+# -- change requests -------------------------------------------------------------------
+
+ACTOR_HEADER = Header(None, alias="x-tpa-actor", description="User id of the requesting cadre (required; "
+                                                             "asserted until the gateway authenticates, ADR 0010).")
+
+
+def _change_request_path(household_id: str, change_request_id: str) -> str:
+    return f"/households/{household_id}/change-requests/{change_request_id}"
+
+
+@router.post("/households/{household_id}/change-requests", status_code=201, response_model=ChangeRequestAccepted,
+             responses={**ERRORS, 401: {"model": Problem}},
+             summary="Propose a change to household data (counts once a data_change case approves it)")
+async def request_change(household_id: uuid.UUID, body: ChangeRequestBody, request: Request,
+                         actor: str | None = ACTOR_HEADER):
+    cadre = (actor or "").strip()
+    if not cadre:
+        return domain_problem(DomainError(
+            "unauthenticated", "a change request needs the requesting cadre's identity (X-TPA-Actor)", 401))
+    change = body.root
+    target = str(change.target) if change.target is not None else None
+    proposed = changes.stored(change.changes)
+
+    async def action(reg: Registry, conn, household: Household, meta: Metadata):
+        change_request_id, recorded = await reg.request_change(
+            conn, household, kind=change.kind, target=target, proposed=proposed, reason=change.reason.strip(),
+            requested_by=cadre, meta=Metadata(actor=cadre, correlation_id=meta.correlation_id))
+        return {"change_request_id": change_request_id}, recorded
+
+    response = await _command(request, household_id, body, action, status=201)
+    if response.status_code == 201:
+        response.headers["Location"] = _change_request_path(
+            str(household_id), json.loads(response.body)["change_request_id"])
+    return response
+
+
+_CHANGE_REQUEST_COLUMNS = (
+    "id::text AS change_request_id, household_id::text AS household_id, kind, target, changes, reason,"
+    " requested_by, requested_at, base_version, status, case_id, decision_event_id, decided_at, closed_reason")
+
+
+def _change_request(row: Any) -> dict[str, Any]:
+    out = dict(row)
+    out["changes"] = json.loads(out["changes"]) if isinstance(out["changes"], str) else out["changes"]
+    out["fields"] = changes.fields_of(out["kind"], out["changes"])
+    return out
+
+
+async def _household_missing(conn: Any, household_id: uuid.UUID) -> JSONResponse | None:
+    found = await conn.fetchval(
+        "SELECT 1 FROM events WHERE stream_id = $1 AND stream_type = 'household' LIMIT 1", str(household_id))
+    if found:
+        return None
+    return problem(404, "household_not_found", "Not found", f"household {household_id} is not registered",
+                   household_id=str(household_id))
+
+
+@router.get("/households/{household_id}/change-requests", response_model=ChangeRequestList,
+            responses={404: {"model": Problem}}, summary="The household's change requests, newest first")
+async def list_change_requests(request: Request, household_id: uuid.UUID,
+                               status: ChangeStatus | None = Query(None, description="Only requests in this status.")):
+    async with runtime_of(request).pool.acquire() as conn:
+        rows = await conn.fetch(
+            f"SELECT {_CHANGE_REQUEST_COLUMNS} FROM change_requests WHERE household_id = $1"
+            " AND ($2::text IS NULL OR status = $2) ORDER BY requested_at DESC, id DESC", household_id, status)
+        if not rows:
+            missing = await _household_missing(conn, household_id)
+            if missing is not None:
+                return missing
+    return ChangeRequestList(items=[ChangeRequestSummary.model_validate(_change_request(r)) for r in rows])
+
+
+@router.get("/households/{household_id}/change-requests/{change_request_id}", response_model=ChangeRequestView,
+            responses={404: {"model": Problem}}, summary="One change request with its proposed values")
+async def get_change_request(request: Request, household_id: uuid.UUID, change_request_id: uuid.UUID):
+    row = await runtime_of(request).pool.fetchrow(
+        f"SELECT {_CHANGE_REQUEST_COLUMNS} FROM change_requests WHERE household_id = $1 AND id = $2",
+        household_id, change_request_id)
+    if row is None:
+        return problem(404, "change_request_not_found", "Not found",
+                       f"household {household_id} has no change request {change_request_id}",
+                       household_id=str(household_id))
+    return ChangeRequestView.model_validate(_change_request(row))
 
 
 @router.put("/villages/{village_code}/profile", tags=["villages"], responses=ERRORS,

@@ -6,19 +6,25 @@ the one-person-one-household index and the events commit together or not at all.
 
 from __future__ import annotations
 
+import copy
+import json
+import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timezone
 from typing import Any
 
 import asyncpg
+import pydantic
 
 from eventkit.aggregate import Repository
 from eventkit.events import Metadata, RecordedEvent
 from eventkit.store import EventStore
 
-from . import identity, regions
+from . import changes, identity, regions
 from .domain import DomainError, Household, Village
+
+log = logging.getLogger("tpa.registry")
 
 
 @dataclass(frozen=True)
@@ -180,11 +186,101 @@ class Registry:
             await conn.execute("DELETE FROM active_persons WHERE household_id = $1", uuid.UUID(household_id))
         return recorded
 
+    # -- change requests --------------------------------------------------------------
+
+    async def request_change(self, conn: Any, household: Household, *, kind: str, target: str | None,
+                             proposed: dict[str, Any], reason: str, requested_by: str,
+                             meta: Metadata) -> tuple[str, list[RecordedEvent]]:
+        """Store a proposed change and record ChangeRequested (names only, no values).
+
+        The change is first run against a copy of the household, so it is refused now,
+        with the direct command's problem, if it does not fit the household as it is.
+        """
+        if not requested_by.strip():
+            raise DomainError("unauthenticated", "a change request needs the requesting cadre's identity", 401)
+        trial = copy.deepcopy(household)
+        changes.run(trial, kind, target, proposed)
+        if not trial.pending:
+            raise DomainError("no_changes", "the change would not change the household's data", field="changes")
+        change_request_id = str(uuid.uuid4())
+        requested_at = datetime.now(timezone.utc)
+        base_version = household.version
+        household.request_change(change_request_id=change_request_id, kind=kind, target=target,
+                                 fields=changes.fields_of(kind, proposed), reason=reason,
+                                 requested_by=requested_by, requested_at=requested_at)
+        recorded = await self.households.save(household, meta, conn=conn)
+        await conn.execute(
+            "INSERT INTO change_requests (id, household_id, kind, target, changes, reason, requested_by,"
+            " requested_at, base_version) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8, $9)",
+            uuid.UUID(change_request_id), uuid.UUID(household.id), kind, target,
+            json.dumps(proposed, ensure_ascii=False), reason, requested_by, requested_at, base_version)
+        return change_request_id, recorded
+
+    async def conclude_change(self, conn: Any, *, household_id: str, change_request_id: str, case_id: str,
+                              outcome: str, decision_event_id: str, meta: Metadata) -> list[RecordedEvent]:
+        """Apply or close a pending change request as its data_change case decided.
+
+        Idempotent: a request that is no longer pending appends nothing. An approved change
+        the household no longer accepts (member removed, household closed, ...) is closed as
+        not_applicable with the refusal's message instead of failing.
+        """
+        try:
+            request_id = uuid.UUID(change_request_id)
+        except ValueError:
+            request_id = None
+        row = None if request_id is None else await conn.fetchrow(
+            "SELECT household_id::text AS household_id, kind, target, changes, status FROM change_requests"
+            " WHERE id = $1 FOR UPDATE", request_id)
+        if row is None:  # perhaps a request of a newer registry: leave it alone
+            log.warning("data_change case %s concluded for unknown change request %r; ignored",
+                        case_id, change_request_id)
+            return []
+        if row["household_id"] != household_id.strip().lower():  # a workflow bug: dead-letter it for a look
+            raise DomainError("change_request_mismatch", f"change request {change_request_id} belongs to household "
+                              f"{row['household_id']}, not {household_id}", 409)
+        if row["status"] != "pending":
+            return []
+        if outcome not in ("approved", "rejected"):
+            raise DomainError("invalid_outcome", f"unknown outcome {outcome!r} of case {case_id}", field="outcome")
+        household = await self.load(conn, row["household_id"], None)
+        change_request_id = str(request_id)
+        status, closed_reason = "applied", None
+        if outcome == "approved":
+            trial = copy.deepcopy(household)
+            try:
+                stored = row["changes"]
+                changes.run(trial, row["kind"], row["target"],
+                            json.loads(stored) if isinstance(stored, str) else stored)
+            except (DomainError, pydantic.ValidationError) as exc:
+                status, closed_reason = "not_applicable", _refusal(exc)
+            else:
+                trial.change_applied(change_request_id, case_id=case_id, decision_event_id=decision_event_id)
+                household = trial
+        else:
+            status = "rejected"
+        if status != "applied":
+            household.close_change(change_request_id, case_id=case_id, outcome=status, reason=closed_reason,
+                                   decision_event_id=decision_event_id)
+        recorded = await self.households.save(household, meta, conn=conn)
+        await conn.execute(
+            "UPDATE change_requests SET status = $2, case_id = $3, decision_event_id = $4, decided_at = now(),"
+            " closed_reason = $5 WHERE id = $1", request_id, status, case_id, decision_event_id, closed_reason)
+        return recorded
+
     async def personal_data(self, conn: Any, household_id: str) -> dict[str, dict[str, Any]]:
         rows = await conn.fetch(
             "SELECT member_id::text, id_number, name, phone, erased_at FROM person_vault WHERE household_id = $1",
             uuid.UUID(household_id))
         return {r["member_id"]: dict(r) for r in rows}
+
+
+def _refusal(exc: Exception) -> str:
+    """Why a stored change no longer applies, for ChangeRequestClosed.reason."""
+    if isinstance(exc, DomainError):
+        return f"{exc.code}: {exc}"
+    first = exc.errors()[0] if isinstance(exc, pydantic.ValidationError) and exc.errors() else {}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    return f"validation_error: {where}: {first.get('msg', exc)}"
 
 
 def _public(person: dict[str, Any]) -> dict[str, Any]:

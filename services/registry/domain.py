@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
@@ -119,6 +119,7 @@ class Household(Aggregate):
         self.monitoring: str | None = None
         self.decisions: set[str] = set()
         self.coordinates: tuple[float, float] | None = None
+        self.pending_changes: set[str] = set()  # change requests awaiting their review case
 
     # -- queries ----------------------------------------------------------------------
 
@@ -335,6 +336,33 @@ class Household(Aggregate):
                      decision_event_id=decision_event_id)
         return True
 
+    def request_change(self, *, change_request_id: str, kind: str, target: str | None, fields: list[str],
+                       reason: str, requested_by: str, requested_at: datetime) -> None:
+        """Record a proposed change (validated by the caller against this household); it counts
+        only once its data_change case approves it."""
+        self._require_open()
+        if change_request_id in self.pending_changes:
+            raise _conflict("change_request_exists", f"change request {change_request_id} is already pending")
+        self._record(ev.ChangeRequested, change_request_id=change_request_id, kind=kind, target=target,
+                     fields=fields, reason=reason, requested_by=requested_by, requested_at=requested_at)
+
+    def _pending_change(self, change_request_id: str) -> None:
+        if change_request_id not in self.pending_changes:
+            raise _conflict("change_request_not_pending", f"change request {change_request_id} is not pending")
+
+    def change_applied(self, change_request_id: str, *, case_id: str, decision_event_id: str) -> None:
+        """Mark a pending change request applied; the change's own events are recorded before."""
+        self._pending_change(change_request_id)
+        self._record(ev.ChangeRequestApplied, change_request_id=change_request_id, case_id=case_id,
+                     decision_event_id=decision_event_id)
+
+    def close_change(self, change_request_id: str, *, case_id: str, outcome: str, reason: str | None,
+                     decision_event_id: str) -> None:
+        """End a pending change request unapplied (allowed on a closed household too)."""
+        self._pending_change(change_request_id)
+        self._record(ev.ChangeRequestClosed, change_request_id=change_request_id, case_id=case_id,
+                     outcome=outcome, reason=reason, decision_event_id=decision_event_id)
+
     def erase_personal_data(self, member_id: str, erased_on: date) -> None:
         if not self.exists:
             raise DomainError("household_not_found", f"household {self.id} is not registered", 404)
@@ -407,6 +435,15 @@ class Household(Aggregate):
 
     def when_MemberPersonalDataErased(self, d: dict[str, Any]) -> None:
         self.members[d["member_id"]].erased = True
+
+    def when_ChangeRequested(self, d: dict[str, Any]) -> None:
+        self.pending_changes.add(d["change_request_id"])
+
+    def when_ChangeRequestApplied(self, d: dict[str, Any]) -> None:
+        self.pending_changes.discard(d["change_request_id"])
+
+    def when_ChangeRequestClosed(self, d: dict[str, Any]) -> None:
+        self.pending_changes.discard(d["change_request_id"])
 
 
 class Village(Aggregate):

@@ -202,6 +202,13 @@ def _erased(doc: dict[str, Any], d: Mapping[str, Any]) -> None:
              id_hmac=None)
 
 
+def _no_facts(doc: dict[str, Any], d: Mapping[str, Any]) -> None:
+    # Change requests change no household facts: an approved change arrives as its own
+    # events before ChangeRequestApplied. The requests (with the proposed values) are
+    # served from the change_requests table, not from the ledger.
+    pass
+
+
 _STEPS: dict[str, Callable[[dict[str, Any], Mapping[str, Any]], None]] = {
     "MemberAdded": _member_added,
     "MemberUpdated": _member_updated,
@@ -218,6 +225,9 @@ _STEPS: dict[str, Callable[[dict[str, Any], Mapping[str, Any]], None]] = {
     "MonitoringDesignated": _monitoring_designated,
     "MonitoringRiskEliminated": _risk_eliminated,
     "MemberPersonalDataErased": _erased,
+    "ChangeRequested": _no_facts,
+    "ChangeRequestApplied": _no_facts,
+    "ChangeRequestClosed": _no_facts,
 }
 HOUSEHOLD_EVENT_TYPES: frozenset[str] = frozenset({"HouseholdRegistered", *_STEPS})
 

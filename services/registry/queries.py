@@ -29,7 +29,7 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.registry import HOUSEHOLD, VILLAGE_CODE_PATTERN
+from contracts.registry import HOUSEHOLD, REGION_CODE_PATTERN, VILLAGE_CODE_PATTERN
 from eventkit.runtime import problem, runtime_of
 
 from . import codes, identity, regions
@@ -40,7 +40,6 @@ router = APIRouter(tags=["ledger"])
 
 PERSONAL_DATA_HEADER = "x-tpa-personal-data"
 Status = Literal[tuple(codes.codes("household_status"))]  # type: ignore[valid-type]
-REGION_CODE_PATTERN = r"^(?:[0-9]{2}|[0-9]{4}|[0-9]{6}|[0-9]{9}|[0-9]{12})$"
 
 
 # -- response models -----------------------------------------------------------------

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import date
+import uuid
+from datetime import date, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel, WithJsonSchema, field_validator
 
 from contracts.registry import VILLAGE_CODE_PATTERN
+from eventkit.problems import Problem as BaseProblem
 
 from . import codes
+
+# An amount in yuan: up to 10 integer digits and 2 decimals, never negative. The schema
+# states exactly what is accepted: a decimal string (the canonical form, as in events)
+# or a JSON number with at most two decimals.
+Money = Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=2), WithJsonSchema({
+    "anyOf": [{"type": "string", "pattern": r"^[0-9]{1,10}(?:\.[0-9]{1,2})?$"},
+              {"type": "number", "minimum": 0, "maximum": 9999999999.99, "multipleOf": 0.01}],
+    "description": "Amount in yuan, e.g. \"1250.50\"."})]
 
 ID_NUMBER_PATTERN = r"^[0-9]{17}[0-9Xx]$"
 
@@ -92,11 +102,11 @@ class ChangeHead(_In):
 
 
 class IncomeAssessment(_In):
-    wage: Decimal = Field(default=Decimal(0), ge=0, max_digits=12, decimal_places=2)
-    business: Decimal = Field(default=Decimal(0), ge=0, max_digits=12, decimal_places=2)
-    property: Decimal = Field(default=Decimal(0), ge=0, max_digits=12, decimal_places=2)
-    transfer: Decimal = Field(default=Decimal(0), ge=0, max_digits=12, decimal_places=2)
-    business_expenses: Decimal = Field(default=Decimal(0), ge=0, max_digits=12, decimal_places=2)
+    wage: Money = Decimal(0)
+    business: Money = Decimal(0)
+    property: Money = Decimal(0)
+    transfer: Money = Decimal(0)
+    business_expenses: Money = Decimal(0)
 
 
 class LivingConditions(_In):
@@ -154,8 +164,80 @@ class VillageProfile(_In):
     service_centre: bool | None = None
     safe_water: bool | None = None
     broadband: bool | None = None
-    collective_income: Decimal | None = Field(default=None, ge=0, max_digits=12, decimal_places=2)
+    collective_income: Money | None = None
     resident_work_team: bool | None = None
+
+
+# -- change requests (reviewed by a data_change case before they count) --------------
+
+ChangeKind = Literal["member_update", "income", "conditions", "causes", "coordinates", "plan"]
+ChangeStatus = Literal["pending", "applied", "rejected", "not_applicable"]
+
+
+class _ChangeRequest(_In):
+    reason: str = Field(min_length=1, max_length=1000, description="Why the change is asked for.")
+
+    @field_validator("reason")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("reason must not be blank")
+        return value
+
+
+class MemberUpdateRequest(_ChangeRequest):
+    """The body of PATCH /households/{id}/members/{target}."""
+
+    kind: Literal["member_update"]
+    target: uuid.UUID = Field(description="Member id.")
+    changes: MemberFacts
+
+
+class IncomeRequest(_ChangeRequest):
+    """The body of PUT /households/{id}/incomes/{target}."""
+
+    kind: Literal["income"]
+    target: int = Field(ge=2000, le=2100, description="Year of the assessment.")
+    changes: IncomeAssessment
+
+
+class ConditionsRequest(_ChangeRequest):
+    """The body of PUT /households/{id}/conditions."""
+
+    kind: Literal["conditions"]
+    target: None = None
+    changes: LivingConditions
+
+
+class CausesRequest(_ChangeRequest):
+    """The body of PUT /households/{id}/causes."""
+
+    kind: Literal["causes"]
+    target: None = None
+    changes: PovertyCauses
+
+
+class CoordinatesRequest(_ChangeRequest):
+    """The body of PUT /households/{id}/coordinates."""
+
+    kind: Literal["coordinates"]
+    target: None = None
+    changes: Coordinates
+
+
+class PlanRequest(_ChangeRequest):
+    """The body of PUT /households/{id}/plans/{target}."""
+
+    kind: Literal["plan"]
+    target: int = Field(ge=2000, le=2100, description="Year of the plan.")
+    changes: AssistancePlan
+
+
+class ChangeRequestBody(RootModel[Annotated[
+        MemberUpdateRequest | IncomeRequest | ConditionsRequest | CausesRequest | CoordinatesRequest | PlanRequest,
+        Field(discriminator="kind")]]):
+    """A proposed change: ``changes`` is the body of the household command named by ``kind``
+    (``target`` is its member id or year), validated exactly like that command."""
 
 
 class CommandAccepted(BaseModel):
@@ -165,13 +247,36 @@ class CommandAccepted(BaseModel):
     member_id: str | None = None
 
 
-class Problem(BaseModel):
-    type: str
-    title: str
-    status: int
-    code: str
-    detail: str | None = None
-    field: str | None = None
+class ChangeRequestAccepted(CommandAccepted):
+    change_request_id: str
+
+
+class ChangeRequestSummary(BaseModel):
+    change_request_id: str
+    household_id: str
+    kind: ChangeKind
+    target: str | None = Field(description="Member id (member_update) or year (income, plan).")
+    fields: list[str] = Field(description="Names of the fields the change sets.")
+    reason: str
+    requested_by: str
+    requested_at: datetime
+    base_version: int = Field(description="Household version the change was validated against.")
+    status: ChangeStatus
+    case_id: str | None = Field(description="The data_change case that concluded it.")
+    decision_event_id: str | None
+    decided_at: datetime | None
+    closed_reason: str | None = Field(description="Why an approved change could not be applied (not_applicable).")
+
+
+class ChangeRequestView(ChangeRequestSummary):
+    changes: dict[str, Any] = Field(description="The proposed values: the body of the household command.")
+
+
+class ChangeRequestList(BaseModel):
+    items: list[ChangeRequestSummary] = Field(description="Newest first.")
+
+
+class Problem(BaseProblem):
     household_id: str | None = None
 
 
