@@ -51,6 +51,8 @@ class CaseOpened(_CaseEvent):
         "What the case is about within its type: risk code (return_risk), change request id (data_change), "
         "need kind (assistance_need)."))
     monitoring_object_type: str | None = Field(default=None, description="For cases designating a monitoring object.")
+    household_status: str | None = Field(default=None, description=(
+        "The household's register status when the case was opened (decides the effect of approval)."))
     first_step: str
     opened_at: datetime
 

@@ -53,6 +53,11 @@ class ServiceSettings(BaseSettings):
     projection_max_retries: int = 3
     projection_batch_size: int = 500
 
+    # Workflow: folder of the case type definitions (default: the shipped ones) and how
+    # often overdue steps are looked for (seconds; 0 turns the scan off).
+    case_types_dir: str | None = None
+    overdue_scan_interval: float = 300.0
+
     # Registry: secret key of the keyed hash (HMAC-SHA256) of resident ID numbers.
     id_hmac_key: str | None = None
 

@@ -47,7 +47,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(args.service, settings.log_level, settings.log_json)
     setup_tracing(args.service)
     instrument_libraries()
-    runtime = _composition_root(args.service).build(settings)
+    try:
+        runtime = _composition_root(args.service).build(settings)
+    except (ValueError, RuntimeError) as exc:  # invalid configuration (e.g. a case type definition)
+        print(f"tpa serve {args.service}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     port = args.port if args.port is not None else (settings.port or 8000)
     uvicorn.run(runtime.app, host=args.host or settings.host, port=port, log_config=None,
                 access_log=False, lifespan="on")
@@ -216,9 +220,31 @@ def demo_flow(gateway: str, village: str, timeout: float = 30.0) -> dict[str, An
     while time.monotonic() < deadline:
         _, after = _http_json(f"{gateway}/api/v1/villages/{village}/households")
         if after and after.get("households", 0) > (before or {}).get("households", 0):
-            return {"household": created, "village": after}
+            return {"household": created, "village": after,
+                    "case": demo_review(gateway, village, created["household_id"], deadline)}
         time.sleep(0.2)
     raise RuntimeError("the registered household did not reach monitoring in time")
+
+
+def demo_review(gateway: str, village: str, household_id: str, deadline: float) -> dict[str, Any]:
+    """Open an identification case for the demo household and let the village-group appraisal
+    approve it, so that its first public notice appears on the village's notice board."""
+    cadre = {"x-tpa-actor": "demo-cadre", "x-tpa-role": "cadre", "x-tpa-level": "village",
+             "x-tpa-jurisdiction": village}
+    committee = dict(cadre, **{"x-tpa-actor": "demo-committee", "x-tpa-role": "village_committee"})
+    while True:  # the workflow learns of the household from the registry's topic
+        status, case = _http_json(f"{gateway}/api/v1/cases", {"case_type": "identification", "household_id":
+                                  household_id, "reason": "本户书面申请(演示)"}, headers=cadre)
+        if status == 201 or time.monotonic() > deadline or case.get("code") != "household_unknown":
+            break
+        time.sleep(0.2)
+    if status != 201:
+        raise RuntimeError(f"opening the demo identification case failed: {status} {case}")
+    status, decided = _http_json(f"{gateway}/api/v1/cases/{case['case_id']}/decisions",
+                                 {"step_id": "group_appraisal", "decision": "approve"}, headers=committee)
+    if status != 200:
+        raise RuntimeError(f"deciding the demo case failed: {status} {decided}")
+    return decided
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -283,6 +309,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             print("Walking skeleton: registered household "
                   f"{result['household']['household_id']} through the gateway; monitoring now counts "
                   f"{result['village']['households']} household(s) in village {result['village']['village_code']}.")
+            print(f"Review: identification case {result['case']['case_id']} is at step "
+                  f"{result['case']['current_step']}; notice board: "
+                  f"{gateway}/api/v1/villages/{result['village']['village_code']}/notices")
         if args.exit_after_start:
             return 0
         print("Press Ctrl-C to stop.")

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -73,9 +74,8 @@ def infra() -> Any:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest_asyncio.fixture
-async def databases(infra: Infra) -> AsyncIterator[Callable[[], Awaitable[str]]]:
-    """A factory of fresh, empty databases (DSNs), dropped after the test."""
+@asynccontextmanager
+async def _database_factory(infra: Infra) -> AsyncIterator[Callable[[], Awaitable[str]]]:
     created: list[str] = []
 
     async def create() -> str:
@@ -88,13 +88,29 @@ async def databases(infra: Infra) -> AsyncIterator[Callable[[], Awaitable[str]]]
         created.append(name)
         return infra.dsn_for(name)
 
-    yield create
-    admin = await asyncpg.connect(infra.admin_dsn)
     try:
-        for name in created:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield create
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(infra.admin_dsn)
+        try:
+            for name in created:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest_asyncio.fixture
+async def databases(infra: Infra) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """A factory of fresh, empty databases (DSNs), dropped after the test."""
+    async with _database_factory(infra) as create:
+        yield create
+
+
+@pytest_asyncio.fixture(scope="module")
+async def module_databases(infra: Infra) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """Like ``databases``, for a module's shared platform; dropped after the module."""
+    async with _database_factory(infra) as create:
+        yield create
 
 
 @pytest_asyncio.fixture

@@ -36,10 +36,14 @@ async def serve(runtime: Any, port: int) -> AsyncIterator[str]:
 @asynccontextmanager
 async def running_platform(infra: Any, databases: Any, group_prefix: str,
                            services: tuple[str, ...] = ("registry", "monitoring", "gateway"),
-                           dsns: dict[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
+                           dsns: dict[str, str] | None = None,
+                           build_kwargs: dict[str, dict[str, Any]] | None = None,
+                           **setting_overrides: Any) -> AsyncIterator[dict[str, Any]]:
     """Start the given services (in this order) and yield {name: (url, runtime)}.
 
     `dsns` reuses databases (a restart); the DSNs used are left in it for the next start.
+    `build_kwargs` passes extra arguments to a service's `build` (e.g. a workflow clock);
+    other keyword arguments override settings of every service.
     """
     dsns = dsns if dsns is not None else {}
     import importlib
@@ -55,8 +59,9 @@ async def running_platform(infra: Any, databases: Any, group_prefix: str,
                 kafka_bootstrap_servers=infra.bootstrap_servers,
                 kafka_enable_idempotence=infra.idempotence, kafka_group_prefix=group_prefix,
                 relay_poll_interval=0.2, id_hmac_key=TEST_HMAC_KEY, registry_url=urls.get("registry"),
-                monitoring_url=urls.get("monitoring"))
-            runtime = importlib.import_module(f"services.{s}.app").build(settings)
+                monitoring_url=urls.get("monitoring"), workflow_url=urls.get("workflow"),
+                funds_url=urls.get("funds"), **setting_overrides)
+            runtime = importlib.import_module(f"services.{s}.app").build(settings, **(build_kwargs or {}).get(s, {}))
             cm = serve(runtime, ports[s])
             url = await cm.__aenter__()
             stack.append(cm)

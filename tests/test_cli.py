@@ -33,6 +33,9 @@ def test_tpa_up_starts_everything_and_the_walking_skeleton_flows_through_the_gat
     assert "Loading a synthetic county (30 households)" in first.stdout
     first_count = _counted(first.stdout)
     assert first_count == 1
+    # The demo household's identification case went through the workflow to its first notice.
+    assert re.search(r"Review: identification case [0-9a-f-]{36} is at step first_notice", first.stdout), \
+        first.stdout
     assert "TPA stopped." in first.stdout
     # The database survives a restart; the in-memory broker does not, and the relay republishes:
     # monitoring's read model must neither lose nor double-count the first household.

@@ -101,7 +101,7 @@ SAMPLES: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {
                                            reason=None, decision_event_id="0b1c2d3e-0000-4000-8000-000000000004"),
     ("CaseOpened", 1): _case(
         case_type="identification", case_type_version=1, household_id=HOUSEHOLD_ID, village_code="530102001001",
-        opened_by="cadre-17", reason="本人申请", subject=None, monitoring_object_type=None,
+        opened_by="cadre-17", reason="本人申请", subject=None, monitoring_object_type=None, household_status="applicant",
         first_step="application", opened_at=AT),
     ("StepDecided", 1): _case(
         step_id="group_appraisal", decision="return", return_to="application", comment="材料不全",

@@ -104,13 +104,19 @@ def test_clocks_are_utc_and_fixed_clock_moves() -> None:
 # -- definitions ------------------------------------------------------------------------
 
 def test_shipped_case_types() -> None:
-    assert set(TYPES) == {"identification", "exit", "return_risk", "data_change", "assistance_need"}
+    assert set(TYPES) == {"identification", "exit", "return_risk", "risk_elimination", "data_change",
+                          "assistance_need"}
     ident = TYPES["identification"]
     kinds = [s.kind for s in ident.steps]
     assert kinds.count("notice") == 3 and kinds.count("comparison") == 1
     assert all(s.min_days >= 7 for s in ident.steps if s.kind == "notice")
     assert ident.status_effect == "identified"
     assert TYPES["exit"].status_effect == "lifted_out"
+    assert ident.effect_for("applicant") == "identified"
+    assert ident.effect_for("lifted_out") == "returned_to_poverty"  # re-identification
+    assert not ident.may_open_for("identified") and not TYPES["exit"].may_open_for("applicant")
+    assert not TYPES["data_change"].may_open_for("natural_decrease")
+    assert TYPES["risk_elimination"].status_effect == "risk_eliminated"
     assert TYPES["return_risk"].status_effect == "monitoring_designated"
     assert TYPES["data_change"].status_effect is None
     assert [s.level for s in TYPES["assistance_need"].steps] == ["village", "township", "county"]
@@ -511,3 +517,22 @@ def test_objectors_names_are_masked_like_everywhere_else() -> None:
     assert mask_name("张三") == "张*"
     assert mask_name("欧阳小明") == "欧**明"  # the shared masking of contracts.masking
     assert mask_name("A") == "*"
+
+
+def test_household_status_decides_whether_a_case_opens_and_its_effect(clock: FixedClock) -> None:
+    case = Case("c-status")
+    with pytest.raises(DomainError) as refused:
+        case.open(case_type="exit", household_id="h1", village_code=VILLAGE, opened_by="u", reason="r",
+                  now=clock.now(), household_status="applicant")
+    assert refused.value.status == 409 and refused.value.code == "household_status"
+    assert not case.pending
+    case.open(case_type="identification", household_id="h1", village_code=VILLAGE, opened_by="u",
+              reason="returned after an illness", now=clock.now(), household_status="lifted_out")
+    case.decide(step_id="group_appraisal", decision="reject", comment="no", now=clock.now(),
+                reviewer=Reviewer("v1", "village_committee", "village", VILLAGE))
+    assert case.status_effect is None  # rejected
+    again = Case("c-status-2")
+    again.open(case_type="identification", household_id="h1", village_code=VILLAGE, opened_by="u",
+               reason="returned", now=clock.now(), household_status="lifted_out")
+    assert again.household_status == "lifted_out"
+    assert again.definition.effect_for(again.household_status) == "returned_to_poverty"

@@ -2,7 +2,11 @@
 
 Authentication, jurisdiction scoping and read auditing arrive with the gateway's
 own issue; until then the gateway forwards only the headers listed in
-`_FORWARDED` (never a client's `x-tpa-personal-data` or `x-tpa-actor`).
+`_FORWARDED` (never a client's `x-tpa-personal-data`). Routes declared with
+``identity=True`` (workflow commands, change requests) also forward the caller's
+asserted identity (`_IDENTITY`: user id, role, level, jurisdiction): an interim
+arrangement, documented in ADR 0010, that authentication will replace by
+headers the gateway sets itself.
 """
 
 from __future__ import annotations
@@ -18,19 +22,22 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from contracts.registry import VILLAGE_CODE_PATTERN
 from eventkit.runtime import problem, runtime_of
 from eventkit.telemetry import correlation_id
 from services.registry import queries as rq
 from services.registry import schemas as rs
+from services.workflow import api as wa
+from services.workflow import queries as wq
 
 router = APIRouter(prefix="/api/v1")
 
 _FORWARDED = ("idempotency-key", "if-match", "x-correlation-id", "content-type", "accept")
+_IDENTITY = ("x-tpa-actor", "x-tpa-role", "x-tpa-level", "x-tpa-jurisdiction")
 _RETURNED = ("content-type", "content-disposition", "etag", "x-correlation-id", "idempotent-replayed",
-             "cache-control", "x-tpa-read-model", "location", "allow")
+             "cache-control", "x-tpa-read-model", "location", "allow", "www-authenticate")
 UPLOAD_TIMEOUT = httpx.Timeout(600.0, connect=2.0)  # an import runs within its request
 _PARAM = re.compile(r"{(\w+)}")
 
@@ -42,13 +49,15 @@ class VillageCount(BaseModel):
 
 
 async def forward(request: Request, service: str, method: str, path: str, *, content: bytes | None = None,
-                  query: str | None = None, timeout: httpx.Timeout | None = None) -> Response:
+                  query: str | None = None, timeout: httpx.Timeout | None = None,
+                  identity: bool = False) -> Response:
     runtime = runtime_of(request)
     client: httpx.AsyncClient = runtime.state["http"]
     base = getattr(runtime.settings, f"{service}_url")
     if not base:
         return problem(503, "upstream_not_configured", f"TPA_{service.upper()}_URL is not set")
-    headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED}
+    allowed = _FORWARDED + _IDENTITY if identity else _FORWARDED
+    headers = {k: v for k, v in request.headers.items() if k.lower() in allowed}
     headers["x-correlation-id"] = correlation_id.get() or headers.get("x-correlation-id", "")
     url = base.rstrip("/") + path + (f"?{query}" if query else "")
     try:
@@ -62,13 +71,22 @@ async def forward(request: Request, service: str, method: str, path: str, *, con
     return Response(upstream.content, status_code=upstream.status_code, headers=passed)
 
 
-_ERRORS = {code: {"model": rs.Problem} for code in (403, 404, 409, 412, 422, 502, 503)}
+_ERRORS = {code: {"model": rs.Problem} for code in (401, 403, 404, 409, 412, 422, 502, 503)}
+# Path parameters that are not UUIDs (every other `*_id` is).
+_PATH_PARAMS: dict[str, tuple[Any, Any]] = {
+    "village_code": (str, Path(pattern=VILLAGE_CODE_PATTERN)),
+    "year": (int, Path(ge=2000, le=2100)),
+    "cadre_id": (str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")),
+    "objection_id": (str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")),
+    "code": (str, Path(pattern=rq.REGION_CODE_PATTERN)),
+}
 
 
 def route(method: str, path: str, service: str, *, body: type[BaseModel] | None = None,
           query: type[BaseModel] | None = None, response_model: Any = None, status_code: int = 200,
           summary: str, tags: list[str], upstream: str | None = None, raw_body: bool = False,
-          openapi_extra: dict[str, Any] | None = None, response_class: Any = None) -> None:
+          openapi_extra: dict[str, Any] | None = None, response_class: Any = None,
+          identity: bool = False) -> None:
     """Declare a forwarded route with its real request/response models (for OpenAPI and validation)."""
     names = _PARAM.findall(path)
 
@@ -80,15 +98,11 @@ def route(method: str, path: str, service: str, *, body: type[BaseModel] | None 
         else:
             content = payload.model_dump_json(exclude_unset=True).encode() if payload is not None else None
         return await forward(request, service, method, target, content=content, query=request.url.query or None,
-                             timeout=UPLOAD_TIMEOUT if raw_body else None)
+                             timeout=UPLOAD_TIMEOUT if raw_body else None, identity=identity)
 
     params = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)]
     for n in names:
-        annotation = uuid.UUID if n.endswith("_id") and n != "cadre_id" else (int if n == "year" else str)
-        default = (Path(pattern=VILLAGE_CODE_PATTERN) if n == "village_code"
-                   else Path(ge=2000, le=2100) if n == "year"
-                   else Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$") if n == "cadre_id"
-                   else Path())
+        annotation, default = _PATH_PARAMS.get(n, (uuid.UUID, Path()) if n.endswith("_id") else (str, Path()))
         params.append(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default))
     if body is not None:
         params.append(inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=body))
@@ -100,7 +114,7 @@ def route(method: str, path: str, service: str, *, body: type[BaseModel] | None 
     extra = {"response_class": response_class} if response_class is not None else {}
     route_path = path
     for n in names:
-        if n.endswith("_id") and n != "cadre_id":
+        if n.endswith("_id") and n not in _PATH_PARAMS:
             route_path = route_path.replace("{%s}" % n, "{%s:uuid}" % n)
     router.add_api_route(route_path, endpoint, methods=[method], response_model=response_model, status_code=status_code,
                          summary=summary, tags=tags, responses=_ERRORS, openapi_extra=openapi_extra, **extra)
@@ -133,6 +147,13 @@ route("PUT", "/households/{household_id}/plans/{year}", "registry", body=rs.Assi
       response_model=rs.CommandAccepted, summary="Record a year's assistance plan", tags=H)
 route("PUT", "/households/{household_id}/coordinates", "registry", body=rs.Coordinates,
       response_model=rs.CommandAccepted, summary="Set the household's coordinates", tags=H)
+route("POST", "/households/{household_id}/change-requests", "registry", body=rs.ChangeRequestBody,
+      response_model=rs.ChangeRequestAccepted, status_code=201, identity=True,
+      summary="Ask for a change to household data (applied once a data_change case approves it)", tags=H)
+route("GET", "/households/{household_id}/change-requests", "registry", response_model=rs.ChangeRequestList,
+      summary="A household's change requests, newest first", tags=H)
+route("GET", "/households/{household_id}/change-requests/{change_request_id}", "registry",
+      response_model=rs.ChangeRequestView, summary="One change request with its proposed values", tags=H)
 route("POST", "/households/{household_id}/status-decisions", "registry", body=rs.StatusDecision,
       response_model=rs.CommandAccepted, summary="Apply a review decision's status effect", tags=H)
 route("PUT", "/villages/{village_code}/profile", "registry", body=rs.VillageProfile,
@@ -205,3 +226,61 @@ route("GET", "/imports/{import_id}", "registry", summary="An import's report", t
 route("GET", "/imports/{import_id}/errors.csv", "registry", summary="An import's errors as CSV", tags=I,
       response_class=Response, openapi_extra={"responses": {"200": {"description": "CSV",
                                                                    "content": {"text/csv": {}}}}})
+
+
+class CaseQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    region: str | None = Field(default=None, pattern=wq.REGION_PATTERN)
+    case_type: str | None = Field(default=None, max_length=64)
+    step: str | None = Field(default=None, max_length=64)
+    status: Literal["open", "closed"] | None = None
+    overdue: bool | None = None
+    household_id: uuid.UUID | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class InboxQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    ready: bool | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class BoardQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    include_ended: bool = False
+
+
+W = ["cases"]
+route("POST", "/cases", "workflow", body=wa.OpenCase, response_model=wa.CaseAccepted, status_code=201,
+      summary="Open a review case for a household", tags=W, identity=True)
+route("GET", "/cases", "workflow", query=CaseQuery, response_model=wq.CasePage,
+      summary="List cases by region, type, step, status, overdue", tags=W)
+route("GET", "/cases/{case_id}", "workflow", summary="One case, from the event store", tags=W)
+route("GET", "/cases/{case_id}/timeline", "workflow", response_model=wq.Timeline,
+      summary="Every event of a case, in order", tags=W)
+route("POST", "/cases/{case_id}/decisions", "workflow", body=wa.Decide, response_model=wa.CaseAccepted,
+      summary="Decide the current step: approve, reject or return", tags=W, identity=True)
+route("POST", "/batch-decisions", "workflow", body=wa.BatchDecide, response_model=wa.BatchAccepted,
+      summary="Decide the same step of many cases of one village, all or nothing", tags=W, identity=True)
+route("POST", "/cases/{case_id}/comparisons", "workflow", body=wa.RecordComparisons,
+      response_model=wa.CaseAccepted, summary="Record data comparison results (county office, departments)",
+      tags=W, identity=True)
+route("POST", "/cases/{case_id}/escalation", "workflow", body=wa.Escalate, response_model=wa.CaseAccepted,
+      summary="Pass an assistance need up a level", tags=W, identity=True)
+route("POST", "/cases/{case_id}/resolution", "workflow", body=wa.Resolve, response_model=wa.CaseAccepted,
+      summary="Answer an assistance need with what was done", tags=W, identity=True)
+route("GET", "/inbox", "workflow", query=InboxQuery, response_model=wq.CasePage,
+      summary="Cases waiting for my role and level in my jurisdiction", tags=W, identity=True)
+route("GET", "/case-types", "workflow", summary="Case type definitions in force", tags=["reference"])
+N = ["notices"]
+route("GET", "/villages/{village_code}/notices", "workflow", query=BoardQuery, response_model=wq.NoticeBoard,
+      summary="Public notice board of a village (masked names only)", tags=N)
+route("POST", "/cases/{case_id}/objections", "workflow", body=wa.FileObjection, response_model=wa.CaseAccepted,
+      status_code=201, summary="Object to a running public notice (anyone; name optional)", tags=N)
+route("POST", "/cases/{case_id}/objections/{objection_id}/resolution", "workflow", body=wa.ResolveObjection,
+      response_model=wa.CaseAccepted, summary="Record the finding on an objection", tags=N, identity=True)

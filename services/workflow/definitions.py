@@ -7,6 +7,9 @@ A case type file (``casetypes/<id>.yaml``) looks like::
     label_zh: 贫困户识别
     version: 1
     status_effect: identified          # register effect of approval, or null
+    opens_for:                         # optional: household statuses a case may be opened for,
+      applicant: identified            #   each with the effect approval has for it
+      lifted_out: returned_to_poverty  #   (re-identification of a returned household)
     steps:
       - id: group_appraisal
         name: Village-group democratic appraisal
@@ -45,6 +48,12 @@ ROLES: frozenset[str] = frozenset({
     "township_reviewer",
     "county_office",        # county poverty alleviation / rural revitalisation office
 })
+# Household statuses of the register (the registry's code list) a case type may open for.
+HOUSEHOLD_STATUSES: frozenset[str] = frozenset({
+    "applicant", "identified", "lifted_out", "returned_to_poverty", "wrongly_identified_removed",
+    "natural_decrease",
+})
+CLOSED_STATUSES: frozenset[str] = frozenset({"wrongly_identified_removed", "natural_decrease"})
 STATUS_EFFECTS: frozenset[str] = frozenset({
     "identified", "lifted_out", "returned_to_poverty", "wrongly_identified_removed",
     "monitoring_designated", "risk_eliminated",
@@ -53,7 +62,7 @@ DEFAULT_NOTICE_DAYS = 7
 CASETYPES_DIR = Path(__file__).parent / "casetypes"
 
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
-_TYPE_KEYS = {"id", "name", "label_zh", "version", "status_effect", "description", "steps"}
+_TYPE_KEYS = {"id", "name", "label_zh", "version", "status_effect", "opens_for", "description", "steps"}
 _TYPE_REQUIRED = {"id", "name", "version", "status_effect", "steps"}
 _STEP_KEYS = {"id", "name", "label_zh", "kind", "role", "level", "min_days", "time_limit_days", "returns_to",
               "description"}
@@ -94,6 +103,20 @@ class CaseType:
     label_zh: str | None = None
     description: str | None = None
     source: str = "<memory>"
+    opens_for: tuple[tuple[str, str | None], ...] | None = None  # (household status, effect); None: any open status
+
+    def may_open_for(self, status: str) -> bool:
+        if status in CLOSED_STATUSES:
+            return False
+        return self.opens_for is None or any(s == status for s, _ in self.opens_for)
+
+    def effect_for(self, status: str | None) -> str | None:
+        """Register effect of approving a case opened for a household of ``status``."""
+        if self.opens_for is not None and status is not None:
+            for s, effect in self.opens_for:
+                if s == status:
+                    return effect
+        return self.status_effect
 
     def step(self, step_id: str) -> Step:
         for s in self.steps:
@@ -209,6 +232,15 @@ def parse_case_type(raw: Any, source: str = "<memory>") -> CaseType:
     effect = raw["status_effect"]
     if effect is not None:
         effect = _one_of(source, "status_effect", effect, STATUS_EFFECTS)
+    opens_for = raw.get("opens_for")
+    if opens_for is not None:
+        if not isinstance(opens_for, dict) or not opens_for:
+            raise DefinitionError(source, "opens_for", "must be a non-empty mapping of household status to effect")
+        for status, status_effect in opens_for.items():
+            _one_of(source, "opens_for", status, HOUSEHOLD_STATUSES - CLOSED_STATUSES)
+            if status_effect is not None:
+                _one_of(source, f"opens_for.{status}", status_effect, STATUS_EFFECTS)
+        opens_for = tuple(opens_for.items())
     raw_steps = raw["steps"]
     if not isinstance(raw_steps, list) or not raw_steps:
         raise DefinitionError(source, "steps", "a case type needs at least one step")
@@ -244,6 +276,7 @@ def parse_case_type(raw: Any, source: str = "<memory>") -> CaseType:
         label_zh=_text(source, "label_zh", raw.get("label_zh"), optional=True),
         description=_text(source, "description", raw.get("description"), optional=True),
         source=source,
+        opens_for=opens_for,
     )
 
 

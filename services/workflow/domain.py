@@ -166,6 +166,7 @@ class Case(Aggregate):
         self.reason: str | None = None
         self.subject: str | None = None
         self.monitoring_object_type: str | None = None
+        self.household_status: str | None = None
         self.current_step: str | None = None
         self.step_entered_at: datetime | None = None
         self.closed = False
@@ -272,7 +273,7 @@ class Case(Aggregate):
                          starts_at=now, ends_at=now + timedelta(days=step.min_days))
 
     def _conclude(self, outcome: str, now: datetime) -> None:
-        effect = self.definition.status_effect if outcome == "approved" else None
+        effect = self.definition.effect_for(self.household_status) if outcome == "approved" else None
         self._record(CaseConcluded, case_type=self.case_type, household_id=self.household_id, outcome=outcome,
                      status_effect=effect,
                      monitoring_object_type=self.monitoring_object_type if effect == "monitoring_designated" else None,
@@ -281,8 +282,12 @@ class Case(Aggregate):
     # -- commands ---------------------------------------------------------------------
 
     def open(self, *, case_type: str, household_id: str, village_code: str, opened_by: str, reason: str,
-             now: datetime, subject: str | None = None, monitoring_object_type: str | None = None) -> None:
-        """Open a case; its first step becomes current (a notice first step is posted at once)."""
+             now: datetime, subject: str | None = None, monitoring_object_type: str | None = None,
+             household_status: str | None = None) -> None:
+        """Open a case; its first step becomes current (a notice first step is posted at once).
+
+        ``household_status`` is the household's register status, when known: the case
+        type may refuse it (``opens_for``) and it decides the effect of approval."""
         now = _aware(now)
         if self.exists:
             raise _conflict("case_exists", f"case {self.id} already exists")
@@ -291,12 +296,17 @@ class Case(Aggregate):
             raise DomainError("unknown_case_type", f"unknown case type {case_type!r}; expected one of "
                               f"{', '.join(sorted(types))}", field="case_type")
         definition = types[case_type]
+        if household_status is not None and not definition.may_open_for(household_status):
+            allowed = [st for st, _ in definition.opens_for or ()]
+            raise _conflict("household_status", f"a {case_type} case cannot be opened for a household that is "
+                            f"{household_status}" + (f"; it needs one of {', '.join(allowed)}" if allowed else ""),
+                            household_status=household_status, allowed=allowed)
         household_id = _required_text(household_id, "household_id")
         if not isinstance(village_code, str) or not _VILLAGE.match(village_code):
             raise DomainError("invalid_village_code", "village_code must be 12 digits", field="village_code")
         opened_by = _required_text(opened_by, "opened_by")
         reason = _required_text(reason, "reason")
-        if definition.status_effect == "monitoring_designated":
+        if definition.effect_for(household_status) == "monitoring_designated":
             if monitoring_object_type not in MONITORING_OBJECT_TYPES:
                 raise DomainError("invalid_monitoring_object_type", "monitoring_object_type must be one of "
                                   f"{', '.join(sorted(MONITORING_OBJECT_TYPES))}", field="monitoring_object_type")
@@ -307,7 +317,7 @@ class Case(Aggregate):
         self._record(ev.CaseOpened, case_type=case_type, case_type_version=definition.version,
                      household_id=household_id, village_code=village_code, opened_by=opened_by, reason=reason,
                      subject=_optional_text(subject, "subject"), monitoring_object_type=monitoring_object_type,
-                     first_step=first.id, opened_at=now)
+                     household_status=household_status, first_step=first.id, opened_at=now)
         self._enter(first, now)
 
     def decide(self, *, step_id: str, decision: str, reviewer: Reviewer, now: datetime,
@@ -481,6 +491,7 @@ class Case(Aggregate):
         self.reason = d["reason"]
         self.subject = d.get("subject")
         self.monitoring_object_type = d.get("monitoring_object_type")
+        self.household_status = d.get("household_status")
         self.current_step = d["first_step"]
         self.step_entered_at = self.opened_at
 
