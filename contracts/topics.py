@@ -17,6 +17,16 @@ from typing import Any, Mapping
 
 from contracts.base import SERVICES, EventModel, topic_name  # noqa: F401 (SERVICES, topic_name re-exported)
 from contracts.envelope import EventEnvelope
+from contracts.funds import (
+    ALLOCATION,
+    ALLOCATION_EVENTS,
+    ANOMALY,
+    ANOMALY_EVENTS,
+    DISBURSEMENT,
+    DISBURSEMENT_EVENTS,
+    PROJECT,
+    PROJECT_EVENTS,
+)
 from contracts.registry import HOUSEHOLD, HOUSEHOLD_EVENTS, VILLAGE, VILLAGE_EVENTS
 from contracts.monitoring import ALERT, ALERT_EVENTS
 from contracts.workflow import CASE
@@ -61,6 +71,10 @@ TOPICS: dict[str, Topic] = {
         _topic("registry", VILLAGE, "stream id (village code)", *VILLAGE_EVENTS),
         _topic("workflow", CASE, "stream id (case id)", *CASE_EVENTS),
         _topic("monitoring", ALERT, "stream id (alert id)", *ALERT_EVENTS),
+        _topic("funds", ALLOCATION, "stream id (allocation id)", *ALLOCATION_EVENTS),
+        _topic("funds", PROJECT, "stream id (project id)", *PROJECT_EVENTS),
+        _topic("funds", DISBURSEMENT, "stream id (disbursement id)", *DISBURSEMENT_EVENTS),
+        _topic("funds", ANOMALY, "stream id (anomaly id)", *ANOMALY_EVENTS),
     )
 }
 

@@ -52,6 +52,24 @@ def _case(**data: Any) -> tuple[str, dict[str, Any]]:
     return CASE_ID, {"case_id": CASE_ID, **data}
 
 
+ALLOCATION_ID = "5b6a7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d"
+PROJECT_ID = "6c7d8e9f-0a1b-4c2d-9e3f-4a5b6c7d8e9f"
+DISBURSEMENT_ID = "7d8e9f0a-1b2c-4d3e-8f4a-5b6c7d8e9f0a"
+ANOMALY_ID = "8e9f0a1b-2c3d-5e4f-9a5b-6c7d8e9f0a1b"
+
+
+def _allocation(**data: Any) -> tuple[str, dict[str, Any]]:
+    return ALLOCATION_ID, {"allocation_id": ALLOCATION_ID, **data}
+
+
+def _project(**data: Any) -> tuple[str, dict[str, Any]]:
+    return PROJECT_ID, {"project_id": PROJECT_ID, **data}
+
+
+def _disbursement(**data: Any) -> tuple[str, dict[str, Any]]:
+    return DISBURSEMENT_ID, {"disbursement_id": DISBURSEMENT_ID, **data}
+
+
 SAMPLES: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {
     ("HouseholdRegistered", 1): _household(
         village_code="530102001001", member_count=4, registered_on="2024-03-01", address="3组12号",
@@ -127,6 +145,58 @@ SAMPLES: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {
         "alert_id": "alert-1", "household_id": HOUSEHOLD_ID, "village_code": "530102001001",
         "risk": "medical_expense", "rule_id": "medical-expense-over-income", "severity": "high",
         "requires_verification": True, "object_type": None, "detail": None, "raised_at": AT}),
+    ("AllocationCreated", 1): _allocation(source="central", year=2025, purpose="中央财政衔接推进乡村振兴补助资金",
+                                          region_code="620102", amount="5000000.00", created_by="u-co",
+                                          created_at=AT),
+    ("AllocationAdjusted", 1): _allocation(amount_delta="-200000.00", new_amount="4800000.00", reason="预算调减",
+                                           adjusted_by="u-co", adjusted_at=AT),
+    ("FundsReserved", 1): _allocation(ref_type="project", ref_id=PROJECT_ID, amount="300000.00", reserved_at=AT),
+    ("ReservationReleased", 1): _allocation(ref_type="disbursement", ref_id=DISBURSEMENT_ID, amount="1250.00",
+                                            reason="payment failed", released_at=AT),
+    ("FundsSpent", 1): _allocation(ref_type="disbursement", ref_id=DISBURSEMENT_ID,
+                                   disbursement_id=DISBURSEMENT_ID, amount="1250.00", spent_on="2025-03-05"),
+    ("SpendingReversed", 1): _allocation(ref_type="disbursement", ref_id=DISBURSEMENT_ID,
+                                         disbursement_id=DISBURSEMENT_ID, amount="1250.00", reason="资金退回",
+                                         reversed_at=AT),
+    ("ProjectDeclared", 1): _project(
+        name="肉牛养殖合作社", kind="industry", region_code="620102001001", budget="300000.00", plan_year=2025,
+        beneficiary_household_ids=[HOUSEHOLD_ID], declared_by="u-vc", declared_at=AT),
+    ("ProjectReviewed", 1): _project(reviewer="u-tr", comment="材料齐全", reviewed_at=AT),
+    ("ProjectApproved", 1): _project(approved_budget="280000.00",
+                                     funding=[{"allocation_id": ALLOCATION_ID, "amount": "280000.00"}],
+                                     approved_by="u-co", approved_at=AT),
+    ("ProjectRejected", 1): _project(reason="不符合规划", rejected_by="u-co", rejected_at=AT),
+    ("ProjectStarted", 1): _project(started_on="2025-04-01", started_by="u-vc"),
+    ("MilestoneRecorded", 1): _project(name="牛舍建成", reached_on="2025-06-01", note=None, recorded_by="u-vc"),
+    ("ProjectCompleted", 1): _project(completed_on="2025-10-01", completed_by="u-vc"),
+    ("ProjectAccepted", 1): _project(accepted_by="u-co", accepted_at=AT,
+                                     released=[{"allocation_id": ALLOCATION_ID, "amount": "1200.00"}]),
+    ("ProjectCancelled", 1): _project(reason="选址不符", cancelled_by="u-co", cancelled_at=AT, released=[]),
+    ("ProjectPaymentCommitted", 1): _project(disbursement_id=DISBURSEMENT_ID, allocation_id=ALLOCATION_ID,
+                                             amount="5000.00", committed_at=AT),
+    ("ProjectPaymentRecorded", 1): _project(disbursement_id=DISBURSEMENT_ID, allocation_id=ALLOCATION_ID,
+                                            amount="5000.00", paid_on="2025-05-01"),
+    ("ProjectPaymentReleased", 1): _project(disbursement_id=DISBURSEMENT_ID, allocation_id=ALLOCATION_ID,
+                                            amount="5000.00", was_paid=False, reason="bank rejected",
+                                            released_at=AT),
+    ("DisbursementRequested", 1): _disbursement(
+        household_id=HOUSEHOLD_ID, member_id=MEMBER_ID, village_code="620102001001", basis="policy",
+        policy_code="edu_boarding_junior", policy_version=1, policy_group="edu_boarding", policy_unit="per_year",
+        project_id=None, period="2025", amount="1250.00", standard_amount="1250.00", cost_basis=None,
+        account_masked="6217****1234", account_hash=HMAC, requested_by="u-io", requested_at=AT),
+    ("DisbursementApproved", 1): _disbursement(approved_by="u-co", allocation_id=ALLOCATION_ID, approved_at=AT),
+    ("DisbursementPaid", 1): _disbursement(channel="student_aid_card", channel_reference="SA20250305-0001",
+                                           paid_on="2025-03-05", recorded_at=AT),
+    ("DisbursementReconciled", 1): _disbursement(statement_id="stmt-2025-03", statement_line="17",
+                                                 reconciled_at=AT),
+    ("DisbursementFailed", 1): _disbursement(reason="card closed", failed_at=AT),
+    ("DisbursementReversed", 1): _disbursement(reason="recovered after audit", reversed_at=AT),
+    ("AnomalyDetected", 1): (ANOMALY_ID, {
+        "anomaly_id": ANOMALY_ID, "rule": "paid_to_deceased", "severity": "high", "subject_type": "disbursement",
+        "subject_id": DISBURSEMENT_ID, "household_id": HOUSEHOLD_ID, "village_code": "620102001001",
+        "evidence": {"member_id": MEMBER_ID, "died_on": "2025-01-02", "paid_on": "2025-03-05", "amount": "1250.00",
+                     "disbursement_ids": [DISBURSEMENT_ID], "payment_count": 1, "once": False},
+        "detected_at": AT}),
 }
 
 
