@@ -460,6 +460,17 @@ def _declare_storable_text(node: Any) -> None:
             _declare_storable_text(value)
 
 
+def if_match_version(request: Request) -> int | None:
+    """The stream version a command's ``If-Match`` header expects (None without one, or with ``*``)."""
+    raw = request.headers.get("if-match")
+    if raw is None or raw.strip() == "*":
+        return None
+    try:
+        return int(raw.strip().removeprefix("W/").strip('"'))
+    except ValueError:
+        raise DomainError("invalid_if_match", "If-Match must be the version (an ETag)", 400) from None
+
+
 def runtime_of(request: Request) -> ServiceRuntime:
     return request.app.state.runtime
 

@@ -10,7 +10,7 @@ import pytest
 
 from contracts.workflow_cases import CASE_EVENTS
 from eventkit.events import RecordedEvent
-from services.workflow.clock import FixedClock, SystemClock
+from eventkit.clock import FixedClock, SystemClock
 from services.workflow.definitions import DefinitionError, load_case_types
 from services.workflow.domain import (
     Case,

@@ -22,7 +22,7 @@ import pytest_asyncio
 
 from eventkit.testing import producer, wait_until
 from services.workflow import board
-from services.workflow.clock import FixedClock
+from eventkit.clock import FixedClock
 from services.workflow.definitions import DefinitionError
 
 from .conftest import village_code

@@ -28,7 +28,7 @@ from contracts.workflow_cases import COMPARISON_SOURCES
 from eventkit.errors import DomainError
 from eventkit.events import Metadata
 from eventkit.idempotency import CommandResult
-from eventkit.runtime import Problem, idempotent, problem, runtime_of
+from eventkit.runtime import Problem, idempotent, if_match_version, problem, runtime_of
 from eventkit.telemetry import correlation_id
 
 from .commands import MAX_BATCH, BatchRefused, Workflow
@@ -163,16 +163,6 @@ def metadata(request: Request, actor: str | None = None) -> Metadata:
     return Metadata(actor=actor or request.headers.get("x-tpa-actor"), correlation_id=correlation_id.get())
 
 
-def if_match(request: Request) -> int | None:
-    raw = request.headers.get("if-match")
-    if raw is None or raw.strip() == "*":
-        return None
-    try:
-        return int(raw.strip().removeprefix("W/").strip('"'))
-    except ValueError:
-        raise DomainError("invalid_if_match", "If-Match must be the case version (its ETag)", 400) from None
-
-
 def _accepted(status: int, case: Case, events: list[str], **extra: Any) -> CommandResult:
     return CommandResult(status, {"case_id": case.id, "version": case.version, "current_step": case.current_step,
                                   "closed": case.closed, "events": events, **extra})
@@ -187,7 +177,7 @@ def _with_etag(response: JSONResponse) -> JSONResponse:
 async def _case_command(request: Request, case_id: uuid.UUID, body: BaseModel | None, action,
                         status: int = 200) -> JSONResponse:
     wf = workflow_of(request)
-    expected = if_match(request)
+    expected = if_match_version(request)
 
     async def handle(conn) -> CommandResult:
         case = await wf.load(conn, str(case_id), expected)
@@ -284,7 +274,7 @@ async def resolve_objection(case_id: uuid.UUID, body: ResolveObjection, request:
 async def record_comparisons(case_id: uuid.UUID, body: RecordComparisons, request: Request):
     recorder = reviewer_of(request)
     wf = workflow_of(request)
-    expected = if_match(request)
+    expected = if_match_version(request)
 
     async def handle(conn) -> CommandResult:
         case = await wf.record_comparisons(conn, str(case_id), expected, recorder,

@@ -11,7 +11,7 @@ from eventkit.settings import ServiceSettings, load_settings
 
 from .api import router as command_router
 from .board import CaseBoard
-from .clock import Clock, SystemClock
+from eventkit.clock import Clock, SystemClock
 from .commands import Workflow
 from .definitions import CASETYPES_DIR, load_case_types
 from .households import MonitoringAlerts, RegistryHouseholds

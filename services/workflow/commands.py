@@ -17,7 +17,7 @@ from eventkit.errors import ConcurrencyError, DomainError
 from eventkit.events import Metadata, RecordedEvent
 from eventkit.store import NO_STREAM, EventStore, StreamAppend
 
-from .clock import Clock
+from eventkit.clock import Clock
 from .definitions import CaseType
 from .domain import Case, Reviewer
 

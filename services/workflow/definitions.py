@@ -43,7 +43,7 @@ LEVELS: tuple[str, ...] = ("village", "township", "county")
 ROLES: frozenset[str] = frozenset({
     "cadre",                # assistance cadre (resident or paired cadre)
     "village_committee",    # village committee / village democratic appraisal
-    "resident_team",        # resident work team (驻村工作队)
+    "resident_team",        # resident village work team
     "information_officer",  # data entry and cleaning (village or county)
     "township_reviewer",
     "county_office",        # county poverty alleviation / rural revitalisation office

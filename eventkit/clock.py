@@ -1,4 +1,4 @@
-"""Injectable time source for the workflow service.
+"""Injectable time source (workflow notice periods, funds payment dates).
 
 Domain commands take ``now`` as an argument; the application layer gets it from
 a ``Clock`` so that tests can move time (notice periods, overdue steps).
