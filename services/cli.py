@@ -65,6 +65,9 @@ def _all_projections() -> dict[str, tuple[str, Any]]:
     for service in SERVICES:
         module = _composition_root(service)
         for projection in getattr(module, "projections", lambda: [])():
+            if projection.name in found:  # names address projections on the command line
+                raise RuntimeError(f"projection {projection.name!r} is defined by {found[projection.name][0]} "
+                                   f"and {service}")
             found[projection.name] = (service, projection)
     return found
 
@@ -280,6 +283,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"Kafka-protocol broker (embedded Tansu, in memory): {broker.bootstrap_servers}")
         if not env.get("TPA_REGISTRY_ID_HMAC_KEY"):
             env["TPA_REGISTRY_ID_HMAC_KEY"] = _local_secret("registry-id-hmac-key")
+        if not env.get("TPA_FUNDS_ID_HMAC_KEY"):  # keyed hash of payment accounts (a key of its own)
+            env["TPA_FUNDS_ID_HMAC_KEY"] = _local_secret("funds-account-hmac-key")
         urls: dict[str, str] = {}
         for s in SERVICES:
             port_var = f"TPA_{s.upper()}_PORT"

@@ -40,6 +40,7 @@ REQUIRED_SECRETS = (
     "TPA_MONITORING_DB_PASSWORD",
     "TPA_GATEWAY_DB_PASSWORD",
     "TPA_REGISTRY_ID_HMAC_KEY",
+    "TPA_FUNDS_ID_HMAC_KEY",
 )
 INSTALL_HINT = (
     "cannot validate docker-compose.yml: no Compose implementation or Compose-spec schema found. "

@@ -29,6 +29,8 @@ from eventkit.runtime import problem, runtime_of
 from eventkit.telemetry import correlation_id
 from services.registry import queries as rq
 from services.registry import schemas as rs
+from services.funds import api as fa
+from services.funds import ledger_queries as fl
 from services.workflow import api as wa
 from services.workflow import queries as wq
 
@@ -284,3 +286,81 @@ route("POST", "/cases/{case_id}/objections", "workflow", body=wa.FileObjection, 
       status_code=201, summary="Object to a running public notice (anyone; name optional)", tags=N)
 route("POST", "/cases/{case_id}/objections/{objection_id}/resolution", "workflow", body=wa.ResolveObjection,
       response_model=wa.CaseAccepted, summary="Record the finding on an objection", tags=N, identity=True)
+
+
+class StatementQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    channel: Literal["one_card", "student_aid_card", "bank_transfer"]
+
+
+class AnomalyQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    village_code: str | None = Field(default=None, pattern=VILLAGE_CODE_PATTERN)
+    household_id: uuid.UUID | None = None
+    rule: str | None = Field(default=None, max_length=64, pattern=r"^[a-z_]+$")
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+F = ["funds"]
+route("POST", "/allocations", "funds", body=fa.CreateAllocation, response_model=fa.Accepted, status_code=201,
+      summary="Create an allocation (a budget line)", tags=F, identity=True)
+route("POST", "/allocations/{allocation_id}/adjustments", "funds", body=fa.AdjustAllocation,
+      response_model=fa.Accepted, summary="Adjust an allocation's amount", tags=F, identity=True)
+route("GET", "/allocations/{allocation_id}", "funds", summary="An allocation: amount, reserved, spent, available",
+      tags=F)
+route("POST", "/projects", "funds", body=fa.DeclareProject, response_model=fa.Accepted, status_code=201,
+      summary="Declare a project", tags=F, identity=True)
+for _path, _model, _summary in (
+        ("review", fa.Review, "Record a project's review"),
+        ("approval", fa.ApproveProject, "Approve a project with its funding lines"),
+        ("rejection", fa.Reason, "Reject a project"),
+        ("start", fa.StartProject, "Start a project"),
+        ("milestones", fa.Milestone, "Record a project milestone"),
+        ("completion", fa.CompleteProject, "Complete a project"),
+        ("acceptance", None, "Accept a completed project"),
+        ("cancellation", fa.Reason, "Cancel a project")):
+    route("POST", f"/projects/{{project_id}}/{_path}", "funds", body=_model, response_model=fa.Accepted,
+          summary=_summary, tags=F, identity=True)
+route("GET", "/projects/{project_id}", "funds", summary="A project: budget, funding, committed, paid", tags=F)
+route("POST", "/disbursements", "funds", body=fa.RequestDisbursement, response_model=fa.Accepted, status_code=201,
+      summary="Request a payment under a policy or a project", tags=F, identity=True)
+route("POST", "/disbursements/{disbursement_id}/approval", "funds", body=fa.ApproveDisbursement,
+      response_model=fa.Accepted, summary="Approve a payment (reserves the amount)", tags=F, identity=True)
+route("POST", "/disbursements/{disbursement_id}/payment", "funds", body=fa.PayDisbursement,
+      response_model=fa.Accepted, summary="Record the channel's payment", tags=F, identity=True)
+route("POST", "/disbursements/{disbursement_id}/failure", "funds", body=fa.Reason, response_model=fa.Accepted,
+      summary="Refuse a payment or record a failed attempt", tags=F, identity=True)
+route("POST", "/disbursements/{disbursement_id}/reversal", "funds", body=fa.Reason, response_model=fa.Accepted,
+      summary="Reverse a paid payment", tags=F, identity=True)
+route("GET", "/disbursements/{disbursement_id}", "funds", summary="A disbursement", tags=F)
+route("POST", "/statements", "funds", query=StatementQuery, raw_body=True, status_code=201, identity=True,
+      summary="Import a payment channel's statement (CSV) and reconcile it", tags=F,
+      openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}})
+route("GET", "/statements/{statement_id}", "funds", summary="An imported statement and its exceptions", tags=F)
+route("GET", "/anomalies", "funds", query=AnomalyQuery, response_model=fa.AnomalyPage,
+      summary="Anomalies found by the funds rules", tags=F)
+route("GET", "/policies", "funds", summary="The policy catalogue with its dated standards", tags=["reference"])
+
+
+class YearQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    year: int | None = Field(default=None, ge=2000, le=2100)
+
+
+class TotalsQuery(YearQuery):
+    source: Literal["central", "provincial", "city", "county", "social_donation"] | None = None
+
+
+route("GET", "/allocations/{allocation_id}/balance", "funds", response_model=fl.AllocationBalance,
+      summary="An allocation's balance from the ledger", tags=["ledger"])
+route("GET", "/projects/{project_id}/budget", "funds", response_model=fl.ProjectBudget,
+      summary="A project's budget against its payments (ledger)", tags=["ledger"])
+route("GET", "/households/{household_id}/funds", "funds", query=YearQuery, response_model=fl.HouseholdFunds,
+      summary="What a household received, by policy or project and year", tags=["ledger"])
+route("GET", "/villages/{village_code}/disclosure", "funds", query=YearQuery, response_model=fl.VillageDisclosure,
+      summary="A village's public disclosure of projects and fund use (no personal data)", tags=["ledger"])
+route("GET", "/ledger/totals", "funds", query=TotalsQuery, response_model=fl.LedgerTotals,
+      summary="Ledger totals by source and year", tags=["ledger"])
