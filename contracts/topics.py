@@ -28,7 +28,7 @@ from contracts.funds import (
     PROJECT_EVENTS,
 )
 from contracts.registry import HOUSEHOLD, HOUSEHOLD_EVENTS, VILLAGE, VILLAGE_EVENTS
-from contracts.monitoring import ALERT, ALERT_EVENTS
+from contracts.monitoring import ALERT, ALERT_EVENTS, ATTENDANCE, ATTENDANCE_EVENTS, COMPLIANCE, COMPLIANCE_EVENTS
 from contracts.workflow import CASE
 from contracts.workflow_cases import CASE_EVENTS
 
@@ -71,6 +71,8 @@ TOPICS: dict[str, Topic] = {
         _topic("registry", VILLAGE, "stream id (village code)", *VILLAGE_EVENTS),
         _topic("workflow", CASE, "stream id (case id)", *CASE_EVENTS),
         _topic("monitoring", ALERT, "stream id (alert id)", *ALERT_EVENTS),
+        _topic("monitoring", ATTENDANCE, "stream id (cadre id)", *ATTENDANCE_EVENTS),
+        _topic("monitoring", COMPLIANCE, "stream id (finding id)", *COMPLIANCE_EVENTS),
         _topic("funds", ALLOCATION, "stream id (allocation id)", *ALLOCATION_EVENTS),
         _topic("funds", PROJECT, "stream id (project id)", *PROJECT_EVENTS),
         _topic("funds", DISBURSEMENT, "stream id (disbursement id)", *DISBURSEMENT_EVENTS),

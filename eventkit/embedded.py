@@ -327,6 +327,8 @@ def _postmaster_alive(pid: int, data_dir: Path) -> bool:
     """True when ``pid`` is a running postgres server of ``data_dir`` (not a reused pid)."""
     import psutil
 
+    if pid <= 0:  # a standalone backend (initdb, single-user mode) writes its pid negated
+        return False
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:

@@ -141,6 +141,39 @@ SAMPLES: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {
     ("StepOverdue", 1): _case(step_id="township_review", level="township", role="township_reviewer",
                               entered_at=AT, due_at="2025-03-11T08:00:00+00:00",
                               detected_at="2025-03-12T08:00:00+00:00"),
+    ("AlertAcknowledged", 1): ("alert-1", {"alert_id": "alert-1", "acknowledged_by": "op-3", "note": None,
+                                           "acknowledged_at": AT}),
+    ("AlertVerificationRequested", 1): ("alert-1", {
+        "alert_id": "alert-1", "household_id": HOUSEHOLD_ID, "village_code": "530102001001",
+        "risk": "medical_expense", "object_type": "unstable_lifted_out", "requested_by": "op-3",
+        "requested_at": AT}),
+    ("AlertResolved", 1): ("alert-1", {"alert_id": "alert-1", "resolution": "not_confirmed", "case_id": CASE_ID,
+                                       "resolved_by": "op-3", "note": "核实无风险", "resolved_at": AT}),
+    ("AlertEscalated", 1): ("alert-1", {"alert_id": "alert-1", "from_state": "raised", "to_level": "county",
+                                        "overdue_since": AT, "escalated_at": AT}),
+    ("VisitCheckedIn", 1): ("cadre-17", {
+        "cadre_id": "cadre-17", "client_event_id": "dev-1:41", "occurred_at": AT, "received_at": AT,
+        "latitude": 36.06, "longitude": 103.83, "accuracy_m": 12.0, "visit_id": "v-1", "household_id": HOUSEHOLD_ID,
+        "village_code": "530102001001", "photo_ref": None, "distance_m": 35.2, "outside_geofence": False,
+        "geofence_m": 500.0, "speed_kmh": 20.5, "impossible_travel": False}),
+    ("VisitCheckedOut", 1): ("cadre-17", {
+        "cadre_id": "cadre-17", "client_event_id": "dev-1:42", "occurred_at": AT, "received_at": AT,
+        "latitude": 36.06, "longitude": 103.83, "accuracy_m": None, "visit_id": "v-1", "household_id": HOUSEHOLD_ID,
+        "minutes_at_household": 45.0}),
+    ("VisitLogged", 1): ("cadre-17", {
+        "cadre_id": "cadre-17", "client_event_id": "dev-1:43", "occurred_at": AT, "received_at": AT,
+        "visit_id": "v-1", "household_id": HOUSEHOLD_ID, "notes": "了解春耕准备情况", "needs": ["loan"]}),
+    ("ContactLogged", 1): ("cadre-17", {
+        "cadre_id": "cadre-17", "client_event_id": "dev-1:44", "occurred_at": AT, "received_at": AT,
+        "household_id": HOUSEHOLD_ID, "channel": "call", "duration_s": 180, "note": None}),
+    ("TeamDayRecorded", 1): ("cadre-17", {
+        "cadre_id": "cadre-17", "client_event_id": "dev-1:45", "occurred_at": AT, "received_at": AT,
+        "latitude": 36.06, "longitude": 103.83, "accuracy_m": 8.0, "village_code": "530102001001",
+        "day": "2025-03-01", "distance_m": None}),
+    ("DutyNonCompliance", 1): ("f-1", {
+        "finding_id": "f-1", "cadre_id": "cadre-17", "duty": "quarterly_visit", "period": "2025-Q1",
+        "household_id": HOUSEHOLD_ID, "village_code": "530102001001", "expected": 1, "actual": 0,
+        "detected_at": AT}),
     ("ReturnRiskAlertRaised", 1): ("alert-1", {
         "alert_id": "alert-1", "household_id": HOUSEHOLD_ID, "village_code": "530102001001",
         "risk": "medical_expense", "rule_id": "medical-expense-over-income", "severity": "high",
