@@ -469,6 +469,25 @@ async def test_monitoring_alerts_open_one_verification_case_per_household_and_ri
         return ledger["monitoring"] if ledger.get("monitoring") else None
     monitoring = await wait_until(designated, timeout=30, message="the monitoring designation in the registry")
     assert monitoring["object_type"] == "unstable_lifted_out" and monitoring["case_id"] == case_id
+    # An alert raised without asking for verification opens nothing until an operator requests it.
+    quiet = _alert(f"a-{uuid.uuid4().hex[:8]}", hid, v.code, "housing_lost")
+    quiet["data"]["requires_verification"] = False
+    requested = dict(quiet, event_id=str(uuid.uuid4()), event_type="AlertVerificationRequested", version=2, data={
+        "alert_id": quiet["stream_id"], "household_id": hid, "village_code": v.code, "risk": "housing_lost",
+        "object_type": None, "requested_by": "op-7", "requested_at": "2025-03-02T00:00:00+00:00"})
+    async with producer(infra.bootstrap_servers, infra.idempotence) as prod:
+        await prod.send_and_wait("tpa.monitoring.alert.v1", key=quiet["stream_id"].encode(),
+                                 value=json.dumps(quiet).encode())
+        await asyncio.sleep(1.0)
+        body = (await client.get("/cases", params={"household_id": hid, "case_type": "return_risk"})).json()
+        assert {c["subject"] for c in body["items"]} == {"medical_expense"}
+        await prod.send_and_wait("tpa.monitoring.alert.v1", key=quiet["stream_id"].encode(),
+                                 value=json.dumps(requested).encode())
+
+    async def verification_opened():
+        body = (await client.get("/cases", params={"household_id": hid, "case_type": "return_risk"})).json()
+        return {c["subject"] for c in body["items"]} == {"medical_expense", "housing_lost"}
+    await wait_until(verification_opened, timeout=30, message="the case opened by AlertVerificationRequested")
     # The alert for a household not yet known waits for its registration.
     pending = await p["workflow"][1].pool.fetchval(
         "SELECT count(*) FROM wf_pending_alerts WHERE household_id = $1", unknown_hid)

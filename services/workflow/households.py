@@ -4,8 +4,9 @@
 projection of households and members the cases need (village, register status,
 active members and their masked names) and opens a ``data_change`` case for
 every ``ChangeRequested``. ``MonitoringAlerts`` (topic ``tpa.monitoring.alert.v1``)
-opens a ``return_risk`` verification case for an alert that asks for one, at most
-one open case per household and risk.
+opens a ``return_risk`` verification case for an alert raised with
+``requires_verification`` or for an ``AlertVerificationRequested``, at most one open
+case per household and risk.
 
 Both run inside the projection runner's transaction, so a case they open
 commits with the runner's tracking: redelivery is a no-op. Case ids are derived
@@ -21,7 +22,7 @@ import json
 import logging
 from typing import Any
 
-from contracts.monitoring import ALERT_TOPIC, ReturnRiskAlertRaised
+from contracts.monitoring import ALERT_TOPIC, AlertVerificationRequested, ReturnRiskAlertRaised
 from contracts.registry import HOUSEHOLD_TOPIC, ChangeRequested
 from eventkit.errors import DomainError
 from eventkit.events import Metadata
@@ -50,17 +51,21 @@ class _Bound:
         return self.workflow
 
 
-async def open_for_alert(wf: Workflow, conn: Any, message: Message, alert: ReturnRiskAlertRaised) -> str | None:
+async def open_for_alert(wf: Workflow, conn: Any, message: Message,
+                         alert: ReturnRiskAlertRaised | AlertVerificationRequested) -> str | None:
     """Open the verification case an alert asks for; returns its id, or None when none is opened."""
     case_id = derived_case_id(f"alert:{alert.alert_id}")
     if await wf.case_exists(conn, case_id):
         return case_id
     facts = await wf.household(conn, alert.household_id)
     object_type = alert.object_type or _OBJECT_TYPE_BY_STATUS.get(facts.status if facts else "", "sudden_hardship")
+    if isinstance(alert, ReturnRiskAlertRaised):
+        reason = f"alert {alert.alert_id}: rule {alert.rule_id}" + (f" ({alert.detail})" if alert.detail else "")
+    else:
+        reason = f"alert {alert.alert_id}: verification requested by {alert.requested_by}"
     try:
         await wf.open_case(conn, case_id=case_id, case_type="return_risk", household_id=alert.household_id,
-                           opened_by="system:monitoring", reason=f"alert {alert.alert_id}: rule {alert.rule_id}"
-                           + (f" ({alert.detail})" if alert.detail else ""), subject=alert.risk,
+                           opened_by="system:monitoring", reason=reason, subject=alert.risk,
                            monitoring_object_type=object_type, meta=_meta(message, "system:monitoring"))
     except DomainError as exc:
         if exc.code in ("case_already_open", "household_status"):
@@ -138,10 +143,14 @@ class MonitoringAlerts(_Bound):
     strict = True
 
     async def apply(self, conn: Any, message: Message) -> None:
-        if message.event_type != ReturnRiskAlertRaised.event_type:
-            return
-        alert = ReturnRiskAlertRaised.model_validate(message.data)
-        if not alert.requires_verification:
+        alert: ReturnRiskAlertRaised | AlertVerificationRequested
+        if message.event_type == ReturnRiskAlertRaised.event_type:
+            alert = ReturnRiskAlertRaised.model_validate(message.data)
+            if not alert.requires_verification:
+                return
+        elif message.event_type == AlertVerificationRequested.event_type:
+            alert = AlertVerificationRequested.model_validate(message.data)
+        else:
             return
         if await self.wf.household(conn, alert.household_id) is None:
             await conn.execute(
