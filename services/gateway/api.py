@@ -30,6 +30,7 @@ from eventkit.telemetry import correlation_id
 from services.registry import queries as rq
 from services.registry import schemas as rs
 from services.funds import api as fa
+from services.monitoring import dashboard as md
 from services.funds import ledger_queries as fl
 from services.workflow import api as wa
 from services.workflow import queries as wq
@@ -81,6 +82,7 @@ _PATH_PARAMS: dict[str, tuple[Any, Any]] = {
     "cadre_id": (str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")),
     "objection_id": (str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")),
     "code": (str, Path(pattern=rq.REGION_CODE_PATTERN)),
+    "region": (str, Path(pattern=rq.REGION_CODE_PATTERN)),
 }
 
 
@@ -364,3 +366,14 @@ route("GET", "/villages/{village_code}/disclosure", "funds", query=YearQuery, re
       summary="A village's public disclosure of projects and fund use (no personal data)", tags=["ledger"])
 route("GET", "/ledger/totals", "funds", query=TotalsQuery, response_model=fl.LedgerTotals,
       summary="Ledger totals by source and year", tags=["ledger"])
+
+
+class DashboardQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    exit_threshold: float = Field(default=0.03, gt=0, lt=1)
+    limit: int = Field(default=500, ge=1, le=5000)
+
+
+route("GET", "/dashboards/{region}", "monitoring", query=DashboardQuery, response_model=md.RegionDashboard,
+      summary="Households, incidence, causes, funds and review cases of a region (any level)", tags=["dashboards"])

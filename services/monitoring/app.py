@@ -8,14 +8,16 @@ from eventkit.runtime import ServiceRuntime
 from eventkit.settings import ServiceSettings, load_settings
 
 from .api import router
+from .dashboard import Dashboard
+from .dashboard import router as dashboard_router
 from .projections import VillageHouseholds
 
 
 def projections() -> list:
-    return [VillageHouseholds()]
+    return [VillageHouseholds(), Dashboard()]
 
 
 def build(settings: ServiceSettings | None = None) -> ServiceRuntime:
     settings = settings or load_settings("monitoring")
     return ServiceRuntime(settings, migrations_dir=Path(__file__).parent / "migrations",
-                          routers=[router], projections=projections(), title="TPA monitoring")
+                          routers=[router, dashboard_router], projections=projections(), title="TPA monitoring")
