@@ -83,6 +83,7 @@ _PATH_PARAMS: dict[str, tuple[Any, Any]] = {
     "objection_id": (str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")),
     "code": (str, Path(pattern=rq.REGION_CODE_PATTERN)),
     "region": (str, Path(pattern=rq.REGION_CODE_PATTERN)),
+    "quarter": (str, Path(pattern=r"^[0-9]{4}-Q[1-4]$")),
 }
 
 
@@ -377,3 +378,17 @@ class DashboardQuery(BaseModel):
 
 route("GET", "/dashboards/{region}", "monitoring", query=DashboardQuery, response_model=md.RegionDashboard,
       summary="Households, incidence, causes, funds and review cases of a region (any level)", tags=["dashboards"])
+
+
+class AttendanceBatch(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
+
+
+route("POST", "/attendance/batches", "monitoring", body=AttendanceBatch, identity=True,
+      summary="Record an offline batch of a cadre's attendance (items answered one by one)", tags=["attendance"])
+route("GET", "/cadres/{cadre_id}/compliance/{quarter}", "monitoring",
+      summary="The duties a cadre missed in an ended quarter", tags=["attendance"])
+route("POST", "/cadres/{cadre_id}/compliance/{quarter}", "monitoring", identity=True,
+      summary="Publish a cadre's missed duties of an ended quarter", tags=["attendance"])
