@@ -6,6 +6,7 @@ comparisons, escalation, overdue steps) are in ``contracts.workflow_cases``.
 
 from __future__ import annotations
 
+import uuid
 from datetime import date
 from typing import ClassVar
 
@@ -15,6 +16,14 @@ from contracts.base import EventModel, topic_name
 
 CASE = "case"
 CASE_TOPIC = topic_name("workflow", CASE)
+_CASE_NAMESPACE = uuid.UUID("0f5f3c1e-6d0b-4c47-9b8e-2a7c1f4e5d60")
+
+
+def derived_case_id(origin: str) -> str:
+    """The id of a case the workflow opens for a trigger: ``change:<change request id>`` or
+    ``alert:<alert id>``. Reprocessing the trigger finds the same case, and other services can
+    tell which case was opened for their request (uuid5 in a fixed namespace)."""
+    return str(uuid.uuid5(_CASE_NAMESPACE, origin))
 
 
 class CaseConcluded(EventModel):

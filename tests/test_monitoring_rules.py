@@ -398,7 +398,7 @@ def test_income_below_threshold_fires_on_the_latest_assessed_year():
     hh.income(2023, "5000")   # an older low year does not count
     hh.income(2024, "7199.99")
     f = only(R.income_below_threshold(hh.facts(), TH, TODAY))
-    assert (f.rule, f.risk, f.severity, f.requires_verification) == ("income_below_threshold", "income", "high", True)
+    assert (f.rule, f.risk, f.severity, f.requires_verification) == ("income_below_threshold", "income", "high", False)
     assert f.key == "income_below_threshold:2024"
     assert f.evidence == {"year": 2024, "per_capita_net_income": "7199.99", "province": "62", "threshold": "7200.00",
                           "threshold_year": 2024, "threshold_province": None, "threshold_confirmed": False}
@@ -750,7 +750,7 @@ def test_disaster_reports_fire_with_their_disaster_code_or_the_default():
                             report("other", "05", "r-3")])
     found = R.disaster_reported(f, TH, TODAY)
     assert [(x.risk, x.key, x.severity, x.requires_verification) for x in found] == [
-        ("0201", "disaster_reported:r-1", "high", True), ("02", "disaster_reported:r-2", "high", True)]
+        ("0201", "disaster_reported:r-1", "high", False), ("02", "disaster_reported:r-2", "high", False)]
     assert found[0].evidence == {"report_id": "r-1", "kind": "disaster", "reported_risk": "0201",
                                  "note": "flood damaged the fields", "reported_at": NOW.isoformat()}
     assert "flood" in found[0].detail and "r-1" in found[0].detail

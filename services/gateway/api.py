@@ -30,6 +30,7 @@ from eventkit.telemetry import correlation_id
 from services.registry import queries as rq
 from services.registry import schemas as rs
 from services.funds import api as fa
+from services.monitoring import alert_service as ma
 from services.monitoring import dashboard as md
 from services.funds import ledger_queries as fl
 from services.workflow import api as wa
@@ -392,3 +393,29 @@ route("GET", "/cadres/{cadre_id}/compliance/{quarter}", "monitoring",
       summary="The duties a cadre missed in an ended quarter", tags=["attendance"])
 route("POST", "/cadres/{cadre_id}/compliance/{quarter}", "monitoring", identity=True,
       summary="Publish a cadre's missed duties of an ended quarter", tags=["attendance"])
+
+
+class AlertQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    region: str | None = Field(default=None, pattern=rq.REGION_CODE_PATTERN)
+    severity: Literal["low", "medium", "high"] | None = None
+    state: Literal["raised", "acknowledged", "verification_requested", "resolved"] | None = None
+    rule: str | None = Field(default=None, max_length=64, pattern=r"^[a-z_]+$")
+    older_than_hours: float | None = Field(default=None, ge=0, le=100000)
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+
+
+A = ["alerts"]
+route("POST", "/households/{household_id}/risk-reports", "monitoring", body=ma.RiskReport, status_code=201,
+      identity=True, summary="Report a risk for a household (the rules run at once)", tags=A)
+route("GET", "/alerts", "monitoring", query=AlertQuery, response_model=ma.AlertPage,
+      summary="Return-risk alerts by region, severity, state, rule and age", tags=A)
+route("GET", "/alerts/{alert_id}", "monitoring", summary="One alert", tags=A)
+route("POST", "/alerts/{alert_id}/acknowledgement", "monitoring", body=ma.Acknowledge, identity=True,
+      summary="Acknowledge an alert", tags=A)
+route("POST", "/alerts/{alert_id}/verification-request", "monitoring", identity=True,
+      summary="Request on-site verification (the workflow opens a case)", tags=A)
+route("POST", "/alerts/{alert_id}/resolution", "monitoring", body=ma.Resolve, identity=True,
+      summary="Resolve an alert", tags=A)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncio
+import logging
+
 from eventkit.clock import Clock, SystemClock
 from eventkit.runtime import ServiceRuntime
 from eventkit.settings import ServiceSettings, load_settings
 
+from .alert_service import AlertResolutions, Alerts, RiskFacts
+from .alert_service import router as alerts_router
+from .alerts import OverdueLimits
 from .api import router
 from .attendance import AttendanceSettings
 from .attendance_api import HouseholdGeo
@@ -16,19 +22,49 @@ from .compliance import DutySettings
 from .dashboard import Dashboard
 from .dashboard import router as dashboard_router
 from .projections import VillageHouseholds
+from .rules import load_thresholds
+
+log = logging.getLogger("tpa.monitoring")
 
 
 def projections() -> list:
-    return [VillageHouseholds(), Dashboard(), HouseholdGeo()]
+    return [VillageHouseholds(), Dashboard(), HouseholdGeo(), RiskFacts(), AlertResolutions()]
 
 
 def build(settings: ServiceSettings | None = None, *, clock: Clock | None = None) -> ServiceRuntime:
+    """The monitoring service. Thresholds are loaded (and validated) here, so an invalid
+    thresholds file stops the service before it serves anything."""
     settings = settings or load_settings("monitoring")
     clock = clock or SystemClock()
+    thresholds = load_thresholds()
+    risk_facts, resolutions = RiskFacts(), AlertResolutions()
+    tasks: list[asyncio.Task] = []
+
+    async def escalate_overdue(alerts: Alerts, runtime: ServiceRuntime) -> None:
+        while True:
+            await asyncio.sleep(settings.overdue_scan_interval)
+            try:
+                await alerts.escalate_overdue(runtime.pool)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database may be briefly away; the next round retries
+                log.warning("alert escalation scan failed", exc_info=True)
 
     async def bind(runtime: ServiceRuntime) -> None:
-        runtime.state.update(clock=clock, attendance_settings=AttendanceSettings(), duty_settings=DutySettings())
+        alerts = Alerts(runtime.store, clock, thresholds, OverdueLimits())
+        risk_facts.alerts = resolutions.alerts = alerts
+        runtime.state.update(clock=clock, attendance_settings=AttendanceSettings(), duty_settings=DutySettings(),
+                             alerts=alerts)
+        if settings.overdue_scan_interval > 0:
+            tasks.append(asyncio.create_task(escalate_overdue(alerts, runtime), name="alert-escalation"))
+
+    async def unbind(runtime: ServiceRuntime) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks.clear()
 
     return ServiceRuntime(settings, migrations_dir=Path(__file__).parent / "migrations",
-                          routers=[router, dashboard_router, attendance_router], projections=projections(),
-                          title="TPA monitoring", extra_startup=bind)
+                          routers=[router, dashboard_router, attendance_router, alerts_router],
+                          projections=[VillageHouseholds(), Dashboard(), HouseholdGeo(), risk_facts, resolutions],
+                          title="TPA monitoring", extra_startup=bind, extra_shutdown=unbind)

@@ -1,4 +1,4 @@
-"""Return-to-poverty risk rules (防止返贫动态监测). Pure domain code: no I/O, no frameworks.
+"""Return-to-poverty risk rules (dynamic return-to-poverty monitoring). Pure domain code: no I/O, no frameworks.
 
 What a household's risk is judged on, ``HouseholdRiskFacts``, is folded from its
 registry events (``fold_risk_facts``: (event_type, data) pairs, oldest first, the

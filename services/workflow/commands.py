@@ -9,10 +9,10 @@ registry's topic (``households.py``), never from the registry's database.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from contracts.workflow import derived_case_id  # noqa: F401 (re-exported for the process managers)
 from eventkit.errors import ConcurrencyError, DomainError
 from eventkit.events import Metadata, RecordedEvent
 from eventkit.store import NO_STREAM, EventStore, StreamAppend
@@ -25,15 +25,6 @@ from .domain import Case, Reviewer
 # client (vehicles, business registry, payroll, property), within its jurisdiction.
 COMPARISON_ROLES = ("county_office", "department")
 MAX_BATCH = 500
-_CASE_NAMESPACE = uuid.UUID("0f5f3c1e-6d0b-4c47-9b8e-2a7c1f4e5d60")
-
-
-def derived_case_id(origin: str) -> str:
-    """A case id derived from what opened it (a change request, an alert), so that
-    reprocessing the same trigger finds the same case instead of opening another."""
-    return str(uuid.uuid5(_CASE_NAMESPACE, origin))
-
-
 @dataclass(frozen=True)
 class HouseholdFacts:
     household_id: str

@@ -1,0 +1,99 @@
+"""Return-risk alerts end to end: rules over the registry's events and cadres' reports, an alert
+not raised twice while open, the lifecycle through the gateway with the workflow's verification
+case, and escalation when overdue."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import httpx
+
+from eventkit.clock import FixedClock
+from eventkit.testing import wait_until
+
+from .conftest import village_code
+from .harness import running_platform
+from .registry_helpers import household, seed_village
+
+API = "/api/v1"
+
+
+async def test_alerts_are_raised_by_the_rules_once_and_follow_their_lifecycle(infra, databases, unique):
+    clock = FixedClock(datetime.now(timezone.utc))
+    services = ("registry", "workflow", "monitoring", "gateway")
+    async with running_platform(infra, databases, unique("alr"), services=services, overdue_scan_interval=0,
+                                build_kwargs={"workflow": {"clock": clock}, "monitoring": {"clock": clock}}) as p:
+        v = village_code()
+        async with p["registry"][1].pool.acquire() as conn:
+            await seed_village(conn, v)
+        operator = {"x-tpa-actor": "op-1"}
+        async with httpx.AsyncClient(base_url=p["gateway"][0] + API, timeout=30, headers=operator) as client:
+            hid = (await client.post("/households", json=household(v))).json()["household_id"]
+            year = clock.now().year - 1
+            r = await client.put(f"/households/{hid}/incomes/{year}", json={"wage": "1200.00"})
+            assert r.status_code == 200, r.text
+
+            async def alerts(total: int):
+                async def listed():
+                    body = (await client.get("/alerts", params={"region": v})).json()
+                    return body["items"] if body["total"] >= total else None
+                return await wait_until(listed, timeout=30, message=f"{total} alert(s)")
+            [income] = await alerts(1)
+            assert income["rule"] == "income_below_threshold" and income["state"] == "raised"
+            assert income["severity"] == "high"
+            detail = (await client.get(f"/alerts/{income['alert_id']}")).json()
+            assert detail["household_id"] == hid and detail["object_type"] == "marginal"
+
+            # More facts about the same household: the open income risk is not raised again.
+            assert (await client.put(f"/households/{hid}/causes", json={"primary": "illness"})).status_code == 200
+            r = await client.post(f"/households/{hid}/risk-reports", json={"kind": "disaster", "risk": "0201",
+                                                                           "note": "洪水冲毁农田"})
+            assert r.status_code == 201, r.text
+            assert len(r.json()["raised_alert_ids"]) == 1
+            items = await alerts(2)
+            assert sorted(a["risk"] for a in items) == sorted(["income", "0201"])
+            assert (await client.get("/alerts", params={"region": v, "rule": "income_below_threshold"})
+                    ).json()["total"] == 1
+            r = await client.post(f"/households/{uuid.uuid4()}/risk-reports", json={"kind": "other"})
+            assert r.status_code == 404
+
+            # Lifecycle: acknowledge, request verification (the workflow opens a case), the case is
+            # rejected and the alert resolves as not confirmed.
+            aid = income["alert_id"]
+            r = await client.post(f"/alerts/{aid}/verification-request")
+            assert r.status_code == 409 and r.json()["code"] == "invalid_transition"
+            assert (await client.post(f"/alerts/{aid}/acknowledgement", json={"note": "已联系村委"})
+                    ).json()["state"] == "acknowledged"
+            assert (await client.post(f"/alerts/{aid}/verification-request")).json()["state"] == \
+                "verification_requested"
+
+            async def case_opened():
+                body = (await client.get("/cases", params={"household_id": hid, "case_type": "return_risk"})).json()
+                return body["items"] if body["total"] else None
+            [case] = await wait_until(case_opened, timeout=30, message="the verification case")
+            assert case["subject"] == "income"
+            township = {"x-tpa-actor": "tw-1", "x-tpa-role": "township_reviewer", "x-tpa-level": "township",
+                        "x-tpa-jurisdiction": v[:9].ljust(12, "0")}
+            r = await client.post(f"/cases/{case['case_id']}/decisions", headers=township, json={
+                "step_id": "township_verification", "decision": "reject", "comment": "入户核实收入已恢复"})
+            assert r.status_code == 200, r.text
+
+            async def resolved():
+                body = (await client.get(f"/alerts/{aid}")).json()
+                return body if body["state"] == "resolved" else None
+            body = await wait_until(resolved, timeout=30, message="the alert resolved by the case")
+            assert body["resolution"] == "not_confirmed" and body["case_id"] == case["case_id"]
+            r = await client.post(f"/alerts/{aid}/resolution", json={"resolution": "not_confirmed"})
+            assert r.status_code == 409 and r.json()["code"] == "alert_closed"
+
+            # The disaster alert, never acknowledged, is escalated once it is overdue.
+            disaster = [a for a in items if a["risk"] == "0201"][0]["alert_id"]
+            alerts_app = p["monitoring"][1].state["alerts"]
+            assert await alerts_app.escalate_overdue(p["monitoring"][1].pool) == 0
+            clock.advance(timedelta(hours=49))
+            assert await alerts_app.escalate_overdue(p["monitoring"][1].pool) == 1
+            assert await alerts_app.escalate_overdue(p["monitoring"][1].pool) == 0  # not again at once
+            row = [a for a in (await client.get("/alerts", params={"region": v})).json()["items"]
+                   if a["alert_id"] == disaster][0]
+            assert row["level"] == "township" and row["state"] == "raised"
