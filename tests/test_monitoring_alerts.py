@@ -97,3 +97,6 @@ async def test_alerts_are_raised_by_the_rules_once_and_follow_their_lifecycle(in
             row = [a for a in (await client.get("/alerts", params={"region": v})).json()["items"]
                    if a["alert_id"] == disaster][0]
             assert row["level"] == "township" and row["state"] == "raised"
+            dash = (await client.get(f"/dashboards/{v}")).json()
+            assert dash["alerts_by_rule"] == {"income_below_threshold": {"resolved": 1},
+                                              "disaster_reported": {"raised": 1}}

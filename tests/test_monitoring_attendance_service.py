@@ -85,5 +85,9 @@ async def test_offline_batches_geofence_and_quarterly_compliance(infra, database
             first = (await client.post(f"/cadres/{cadre}/compliance/2026-Q3")).json()
             second = (await client.post(f"/cadres/{cadre}/compliance/2026-Q3")).json()
             assert len(first["published"]) == 2 and second["published"] == []
+            dash = (await client.get(f"/dashboards/{v}")).json()
+            assert dash["attendance"] == {"paired_households": 1, "visited_this_quarter": 0,  # Q4 just began
+                                          "checkins_outside_geofence": 1, "checkins_impossible_travel": 0,
+                                          "noncompliance_findings": 2}
             refused = await client.get(f"/cadres/{cadre}/compliance/2026-Q4")
             assert refused.status_code == 409 and refused.json()["code"] == "period_not_ended"

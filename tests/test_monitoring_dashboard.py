@@ -26,7 +26,8 @@ async def _all_events(runtime) -> list:
     return await runtime.store.read_all(0, 1_000_000)
 
 
-def expected_from_stores(prefix: str, registry: list, funds: list, workflow: list) -> dict[str, Any]:
+def expected_from_stores(prefix: str, registry: list, funds: list, workflow: list,
+                         monitoring: list) -> dict[str, Any]:
     """The dashboard of a region recomputed by folding the event stores' events."""
     households: dict[str, dict[str, Any]] = {}
     profiles: dict[str, int] = {}
@@ -88,6 +89,20 @@ def expected_from_stores(prefix: str, registry: list, funds: list, workflow: lis
         elif e.event_type == "CaseConcluded":
             cases[e.stream_id].update(open=False, overdue=False)
     open_cases = [c for c in cases.values() if c["open"] and c["village"].startswith(prefix)]
+    alerts: dict[str, tuple[str, str, str]] = {}  # alert -> (village, rule, state)
+    states = {"ReturnRiskAlertRaised": None, "AlertAcknowledged": "acknowledged",
+              "AlertVerificationRequested": "verification_requested", "AlertResolved": "resolved"}
+    for e in monitoring:
+        if e.event_type == "ReturnRiskAlertRaised":
+            alerts[e.stream_id] = (e.data["village_code"], e.data["rule_id"],
+                                   "verification_requested" if e.data["requires_verification"] else "raised")
+        elif e.event_type in states:
+            village, rule, _ = alerts[e.stream_id]
+            alerts[e.stream_id] = (village, rule, states[e.event_type])
+    alerts_by_rule: dict[str, dict[str, int]] = {}
+    for village, rule, state in alerts.values():
+        if village.startswith(prefix):
+            alerts_by_rule.setdefault(rule, {})[state] = alerts_by_rule.get(rule, {}).get(state, 0) + 1
     return {
         "households_by_status": by_status, "people_by_status": people, "primary_causes": causes,
         "incidence": {v: poor.get(v, 0) / r for v, r in profiles.items() if v.startswith(prefix) and r},
@@ -96,6 +111,7 @@ def expected_from_stores(prefix: str, registry: list, funds: list, workflow: lis
         "open_cases_by_type": {t: sum(1 for c in open_cases if c["type"] == t) for t in {c["type"] for c in open_cases}},
         "overdue_steps_by_type": {t: n for t in {c["type"] for c in open_cases}
                                   if (n := sum(1 for c in open_cases if c["type"] == t and c["overdue"]))},
+        "alerts_by_rule": alerts_by_rule,
     }
 
 
@@ -160,7 +176,7 @@ async def test_dashboard_figures_equal_a_recomputation_from_the_event_stores(inf
             clock.advance(timedelta(days=16))
             assert await wf_runtime.state["workflow"].flag_overdue(wf_runtime.pool) >= 1
 
-            stores = [await _all_events(p[s][1]) for s in ("registry", "funds", "workflow")]
+            stores = [await _all_events(p[s][1]) for s in ("registry", "funds", "workflow", "monitoring")]
             for region in (v1[:9], v1):
                 expected = expected_from_stores(region, *stores)
 

@@ -10,8 +10,9 @@ Figures: households and people by status; poverty incidence per village (poor
 people, i.e. members of identified and returned-to-poverty households, over the
 village profile's rural population) against the exit threshold; primary causes;
 funds paid by source and by policy (net of reversals); open review cases and
-overdue steps by case type. Attendance compliance and alerts join as their
-projections arrive (issue 6).
+overdue steps by case type; attendance (paired households visited in the current
+quarter, flagged check-ins, published non-compliance findings) and return-risk
+alerts by rule and state, from the monitoring service's own tables.
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ class RegionDashboard(BaseModel):
     funds_paid_by_policy: dict[str, str] = Field(description="Net paid, yuan, by policy (or 'project').")
     open_cases_by_type: dict[str, int]
     overdue_steps_by_type: dict[str, int]
+    attendance: dict[str, int] = Field(description=(
+        "paired_households, visited_this_quarter, checkins_outside_geofence, checkins_impossible_travel, "
+        "noncompliance_findings."))
+    alerts_by_rule: dict[str, dict[str, int]] = Field(description="rule -> state -> alerts.")
 
 
 def _prefix(region: str) -> str:
@@ -195,6 +200,21 @@ async def region_dashboard(request: Request, region: str = Path(pattern=REGION_C
             " WHERE village_code LIKE $1 AND status = ANY($2::text[]) GROUP BY 1", like, list(_PAID))
         cases = await conn.fetch("SELECT case_type, count(*) AS n, count(*) FILTER (WHERE overdue) AS overdue"
                                  " FROM dash_cases WHERE open AND village_code LIKE $1 GROUP BY case_type", like)
+        quarter_start = _quarter_start(runtime_of(request).state["clock"].now())
+        attendance = await conn.fetchrow(
+            "SELECT (SELECT count(DISTINCT household_id) FROM mon_pairings WHERE village_code LIKE $1"
+            "        AND released_on IS NULL) AS paired,"
+            " (SELECT count(DISTINCT a.household_id) FROM mon_attendance a JOIN mon_pairings p"
+            "        ON p.household_id = a.household_id AND p.cadre_id = a.cadre_id AND p.released_on IS NULL"
+            "        WHERE a.kind = 'visit' AND a.day >= $2 AND p.village_code LIKE $1) AS visited,"
+            " (SELECT count(*) FROM mon_attendance WHERE kind = 'visit' AND outside_geofence"
+            "        AND village_code LIKE $1) AS outside,"
+            " (SELECT count(*) FROM mon_attendance WHERE kind = 'visit' AND impossible_travel"
+            "        AND village_code LIKE $1) AS travel,"
+            " (SELECT count(*) FROM events WHERE stream_type = 'compliance' AND data->>'village_code' LIKE $1)"
+            "        AS findings", like, quarter_start)
+        alert_rows = await conn.fetch("SELECT rule, state, count(*) AS n FROM mon_alerts WHERE village_code LIKE $1"
+                                      " GROUP BY rule, state", like)
     rows = []
     for v in villages:
         rural = v["rural_population"]
@@ -212,4 +232,23 @@ async def region_dashboard(request: Request, region: str = Path(pattern=REGION_C
         "villages": rows, "funds_paid_by_source": money(by_source), "funds_paid_by_policy": money(by_policy),
         "open_cases_by_type": {r["case_type"]: r["n"] for r in cases},
         "overdue_steps_by_type": {r["case_type"]: r["overdue"] for r in cases if r["overdue"]},
+        "attendance": {"paired_households": attendance["paired"], "visited_this_quarter": attendance["visited"],
+                       "checkins_outside_geofence": attendance["outside"],
+                       "checkins_impossible_travel": attendance["travel"],
+                       "noncompliance_findings": attendance["findings"]},
+        "alerts_by_rule": _nested(alert_rows),
     }
+
+
+def _nested(rows: Any) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        out.setdefault(r["rule"], {})[r["state"]] = r["n"]
+    return out
+
+
+def _quarter_start(now: Any) -> Any:
+    from .attendance import china_date
+
+    day = china_date(now)
+    return day.replace(month=3 * ((day.month - 1) // 3) + 1, day=1)
