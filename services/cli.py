@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     port = args.port if args.port is not None else (settings.port or 8000)
     uvicorn.run(runtime.app, host=args.host or settings.host, port=port, log_config=None,
-                access_log=False, lifespan="on")
+                access_log=False, lifespan="on", timeout_graceful_shutdown=5)  # open SSE streams end
     return 0
 
 

@@ -419,3 +419,54 @@ route("POST", "/alerts/{alert_id}/verification-request", "monitoring", identity=
       summary="Request on-site verification (the workflow opens a case)", tags=A)
 route("POST", "/alerts/{alert_id}/resolution", "monitoring", body=ma.Resolve, identity=True,
       summary="Resolve an alert", tags=A)
+
+
+class StreamQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    from_start: bool = False
+
+
+@router.get("/alerts/stream", tags=A, summary="Alert events as Server-Sent Events (resumable with Last-Event-ID)",
+            response_class=Response, responses={200: {"description": "text/event-stream of alert events",
+                                                      "content": {"text/event-stream": {}}}})
+async def alert_stream(request: Request, query: Annotated[StreamQuery, Query()]) -> Response:
+    """Streamed through, chunk by chunk (the generic forwarding reads whole bodies)."""
+    from starlette.background import BackgroundTask
+    from starlette.responses import StreamingResponse
+
+    runtime = runtime_of(request)
+    base = runtime.settings.monitoring_url
+    if not base:
+        return problem(503, "upstream_not_configured", "TPA_MONITORING_URL is not set")
+    headers = {k: v for k, v in request.headers.items() if k.lower() in ("last-event-id", "accept")}
+    headers["x-correlation-id"] = correlation_id.get() or ""
+    client: httpx.AsyncClient = runtime.state["http"]
+    upstream_request = client.build_request("GET", base.rstrip("/") + "/alerts/stream", headers=headers,
+                                            params=request.query_params,
+                                            timeout=httpx.Timeout(None, connect=2.0))  # a stream has no end
+    try:
+        upstream = await client.send(upstream_request, stream=True)
+    except httpx.TransportError as exc:
+        return problem(502, "upstream_unavailable", "monitoring is unreachable", type(exc).__name__)
+    passed = {k: v for k, v in upstream.headers.items() if k.lower() in ("content-type", "cache-control",
+                                                                          "x-accel-buffering")}
+    return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code, headers=passed,
+                             background=BackgroundTask(upstream.aclose))
+
+
+class SubscribeBody(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    url: str = Field(min_length=8, max_length=2000, pattern=r"^https?://[^\s]+$")
+    event_types: list[str] | None = None
+    description: str = Field(default="", max_length=200)
+
+
+route("POST", "/webhooks", "monitoring", body=SubscribeBody, status_code=201, identity=True,
+      summary="Subscribe an endpoint to alert events (signed; the secret is returned once)", tags=A)
+route("GET", "/webhooks", "monitoring", summary="Webhook subscriptions", tags=A)
+route("DELETE", "/webhooks/{subscription_id}", "monitoring", status_code=204, identity=True,
+      summary="Deactivate a webhook subscription", tags=A)
+route("GET", "/webhooks/{subscription_id}/deliveries", "monitoring",
+      summary="A subscription's deliveries with their attempts", tags=A)
