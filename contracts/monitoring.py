@@ -25,7 +25,7 @@ by id; notes are free text shown to operators and must not contain personal data
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -59,6 +59,10 @@ class ReturnRiskAlertRaised(EventModel):
         default=None, description="Suggested monitoring object type; derived from the household's status if absent.")
     detail: str | None = None
     raised_at: datetime
+    evidence: dict[str, Any] | None = Field(default=None, description=(
+        "The values (and ids, e.g. report or disbursement ids) the rule fired on."))
+    evidence_event_ids: list[str] | None = Field(default=None, description=(
+        "The event whose arrival made the rule fire (and others it names), for operators to trace."))
 
 
 class _AlertEvent(EventModel):

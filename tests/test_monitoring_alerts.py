@@ -44,6 +44,9 @@ async def test_alerts_are_raised_by_the_rules_once_and_follow_their_lifecycle(in
             assert income["severity"] == "high"
             detail = (await client.get(f"/alerts/{income['alert_id']}")).json()
             assert detail["household_id"] == hid and detail["object_type"] == "marginal"
+            timeline = await p["monitoring"][1].store.read_stream(income["alert_id"])
+            raised_event = timeline[0].data
+            assert raised_event["evidence_event_ids"] and raised_event["evidence"]["year"] == year
 
             # More facts about the same household: the open income risk is not raised again.
             assert (await client.put(f"/households/{hid}/causes", json={"primary": "illness"})).status_code == 200
@@ -57,6 +60,20 @@ async def test_alerts_are_raised_by_the_rules_once_and_follow_their_lifecycle(in
                     ).json()["total"] == 1
             r = await client.post(f"/households/{uuid.uuid4()}/risk-reports", json={"kind": "other"})
             assert r.status_code == 404
+
+            # A compulsory-age child leaves school; safe housing, secured last year, is lost.
+            child = [m["member_id"] for m in (await client.get(f"/households/{hid}")).json()["members"]
+                     if m["relation"] == "20"][0]
+            r = await client.patch(f"/households/{hid}/members/{child}", json={"schooling_stage": "not_in_school"})
+            assert r.status_code == 200, r.text
+            for on, secured in ((f"{year}-06-01", True), (f"{year + 1}-01-15", False)):
+                r = await client.put(f"/households/{hid}/conditions", json={"assessed_on": on, "conditions": {
+                    "safe_housing": secured, "food": True}})
+                assert r.status_code == 200, r.text
+            items = await alerts(4)
+            assert {a["rule"]: a["risk"] for a in items} == {
+                "income_below_threshold": "income", "disaster_reported": "0201",
+                "child_out_of_school": "child_out_of_school", "housing_or_water_lost": "unsafe_housing"}
 
             # Lifecycle: acknowledge, request verification (the workflow opens a case), the case is
             # rejected and the alert resolves as not confirmed.
@@ -92,11 +109,13 @@ async def test_alerts_are_raised_by_the_rules_once_and_follow_their_lifecycle(in
             alerts_app = p["monitoring"][1].state["alerts"]
             assert await alerts_app.escalate_overdue(p["monitoring"][1].pool) == 0
             clock.advance(timedelta(hours=49))
-            assert await alerts_app.escalate_overdue(p["monitoring"][1].pool) == 1
+            assert await alerts_app.escalate_overdue(p["monitoring"][1].pool) == 3  # every raised, open alert
             assert await alerts_app.escalate_overdue(p["monitoring"][1].pool) == 0  # not again at once
             row = [a for a in (await client.get("/alerts", params={"region": v})).json()["items"]
                    if a["alert_id"] == disaster][0]
             assert row["level"] == "township" and row["state"] == "raised"
             dash = (await client.get(f"/dashboards/{v}")).json()
             assert dash["alerts_by_rule"] == {"income_below_threshold": {"resolved": 1},
-                                              "disaster_reported": {"raised": 1}}
+                                              "disaster_reported": {"raised": 1},
+                                              "child_out_of_school": {"raised": 1},
+                                              "housing_or_water_lost": {"raised": 1}}

@@ -3,6 +3,8 @@ Alert aggregate with its lifecycle, overdue and escalation. No infrastructure.""
 
 from __future__ import annotations
 
+import json
+
 import copy
 import uuid
 from datetime import date, datetime, timedelta, timezone
@@ -901,7 +903,9 @@ def test_raise_records_exactly_the_contract_fields():
     assert kind == "ReturnRiskAlertRaised" and set(data) == contract_fields(mev.ReturnRiskAlertRaised)
     assert data == {"alert_id": alert.id, "household_id": HOUSEHOLD, "village_code": VILLAGE, "risk": "income",
                     "rule_id": "income_below_threshold", "severity": "high", "requires_verification": False,
-                    "object_type": "unstable_lifted_out", "detail": FINDING.detail, "raised_at": iso(NOW)}
+                    "object_type": "unstable_lifted_out", "detail": FINDING.detail, "raised_at": iso(NOW),
+                    "evidence": json.loads(json.dumps(dict(FINDING.evidence), default=str)),
+                    "evidence_event_ids": None}
     assert alert.pending[0].schema_version == 1
     assert (alert.state, alert.level, alert.is_open, alert.key) == ("raised", "village", True, f"{HOUSEHOLD}:income")
     assert replayed(alert).snapshot() == alert.snapshot()

@@ -106,7 +106,8 @@ class Alerts:
         return fold_risk_facts(events, medical_costs=medical_costs_from_disbursements(
             medical, self.thresholds.medical.policy_codes, household_id), reports=reports)
 
-    async def evaluate_household(self, conn: Any, household_id: str, meta: Metadata) -> list[str]:
+    async def evaluate_household(self, conn: Any, household_id: str, meta: Metadata,
+                                 trigger_event_id: str | None = None) -> list[str]:
         """Run the rules over the household's facts; raise an alert per new finding. Returns the new alert ids."""
         facts = await self.facts(conn, household_id)
         if facts is None:
@@ -122,7 +123,8 @@ class Alerts:
                 continue  # the same risk is already open for the household
             alert = Alert(str(uuid.uuid4()))
             alert.raise_(finding, household_id, facts.village_code, now,
-                         object_type=suggested_object_type(facts, finding))
+                         object_type=suggested_object_type(facts, finding),
+                         evidence_event_ids=[trigger_event_id] if trigger_event_id else None)
             await self.save(conn, alert, meta, fid)
             await conn.execute("INSERT INTO mon_findings (finding_id, alert_id) VALUES ($1, $2)", fid, alert.id)
             raised.append(alert.id)
@@ -182,7 +184,7 @@ class RiskFacts:
             return
         await self.alerts.evaluate_household(conn, household_id, Metadata(
             actor="system:risk-rules", causation_id=message.event_id,
-            correlation_id=message.metadata.get("correlation_id")))
+            correlation_id=message.metadata.get("correlation_id")), trigger_event_id=message.event_id)
 
     async def reset(self, conn: Any) -> None:
         # Alerts already raised stay; their findings are remembered, so a replay raises none again.

@@ -34,6 +34,8 @@ conflict, 422 invalid input) or record events. Event handlers (``when_*``) use o
 
 from __future__ import annotations
 
+import json
+
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -274,7 +276,8 @@ class Alert(Aggregate):
     # -- commands ---------------------------------------------------------------------------
 
     def raise_(self, finding: Finding, household_id: str, village_code: str, now: datetime,
-               requires_verification: bool | None = None, object_type: str | None = None) -> None:
+               requires_verification: bool | None = None, object_type: str | None = None,
+               evidence_event_ids: list[str] | None = None) -> None:
         """Raise the alert for a rule's finding. ``requires_verification`` None: as the finding says
         (its rule's setting). ``object_type``: the suggested monitoring object type, if any."""
         now = _aware(now)
@@ -305,7 +308,9 @@ class Alert(Aggregate):
         self._record(ev.ReturnRiskAlertRaised, household_id=household_id, village_code=village_code,
                      risk=finding.risk, rule_id=finding.rule, severity=finding.severity,
                      requires_verification=requires_verification, object_type=object_type,
-                     detail=detail or None, raised_at=now)
+                     detail=detail or None, raised_at=now,
+                     evidence=json.loads(json.dumps(dict(finding.evidence), default=str)),
+                     evidence_event_ids=list(evidence_event_ids) if evidence_event_ids else None)
 
     def acknowledge(self, by: str, now: datetime, note: str | None = None) -> None:
         """An operator takes the raised alert in hand."""

@@ -21,7 +21,7 @@ from .alert_service import router as alerts_router
 from .alerts import OverdueLimits
 from .api import router
 from .attendance import AttendanceSettings
-from .attendance_api import HouseholdGeo
+from .attendance_api import HouseholdGeo, publish_ended_quarter
 from .attendance_api import router as attendance_router
 from .compliance import DutySettings
 from .dashboard import Dashboard
@@ -48,10 +48,12 @@ def build(settings: ServiceSettings | None = None, *, clock: Clock | None = None
     tasks: list[asyncio.Task] = []
 
     async def escalate_overdue(alerts: Alerts, runtime: ServiceRuntime) -> None:
+        """Escalate overdue alerts, and publish the last ended quarter's duty findings (each once)."""
         while True:
             await asyncio.sleep(settings.overdue_scan_interval)
             try:
                 await alerts.escalate_overdue(runtime.pool)
+                await publish_ended_quarter(runtime)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database may be briefly away; the next round retries

@@ -15,7 +15,7 @@ the cadres' pairings from the registry's topic.
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Path, Request
@@ -143,9 +143,14 @@ async def compliance(request: Request, cadre_id: str = Path(min_length=1, max_le
 async def publish_compliance(request: Request, cadre_id: str = Path(min_length=1, max_length=64,
                                                                    pattern=r"^[A-Za-z0-9._:-]+$"),
                              quarter: str = Path(pattern=r"^[0-9]{4}-Q[1-4]$")):
-    _actor(request)
-    runtime = runtime_of(request)
-    findings = await _findings(request, cadre_id, quarter)
+    actor = _actor(request)
+    findings, published = await publish_findings(runtime_of(request), cadre_id, quarter, actor)
+    return {"cadre_id": cadre_id, "quarter": quarter, "findings": findings, "published": published}
+
+
+async def publish_findings(runtime: Any, cadre_id: str, quarter: str, actor: str) -> tuple[list, list[str]]:
+    """Record the cadre's findings of an ended quarter as DutyNonCompliance (each once)."""
+    findings = await findings_for(runtime, cadre_id, quarter)
     published = []
     async with runtime.pool.acquire() as conn:
         async with conn.transaction():
@@ -153,15 +158,32 @@ async def publish_compliance(request: Request, cadre_id: str = Path(min_length=1
                 if await conn.fetchval("SELECT 1 FROM events WHERE stream_id = $1", f["finding_id"]):
                     continue
                 await runtime.store.append(f["finding_id"], "compliance", NO_STREAM,
-                                           [NewEvent("DutyNonCompliance", f)], Metadata(
-                                               actor=request.headers.get("x-tpa-actor"),
-                                               correlation_id=correlation_id.get()), conn=conn)
+                                           [NewEvent("DutyNonCompliance", f)],
+                                           Metadata(actor=actor, correlation_id=correlation_id.get()), conn=conn)
                 published.append(f["finding_id"])
-    return {"cadre_id": cadre_id, "quarter": quarter, "findings": findings, "published": published}
+    return findings, published
+
+
+async def publish_ended_quarter(runtime: Any) -> int:
+    """The quarter-end run: every paired cadre's findings of the last ended quarter, published once."""
+    from .compliance import quarter_bounds, quarter_of
+
+    today = china_date(runtime.state["clock"].now())
+    start, _ = quarter_bounds(quarter_of(today))
+    quarter = quarter_of(start - timedelta(days=1))
+    cadres = [r["cadre_id"] for r in await runtime.pool.fetch("SELECT DISTINCT cadre_id FROM mon_pairings")]
+    total = 0
+    for cadre in cadres:
+        _, published = await publish_findings(runtime, cadre, quarter, "system:duty-compliance")
+        total += len(published)
+    return total
 
 
 async def _findings(request: Request, cadre_id: str, quarter: str) -> list[dict[str, Any]]:
-    runtime = runtime_of(request)
+    return await findings_for(runtime_of(request), cadre_id, quarter)
+
+
+async def findings_for(runtime: Any, cadre_id: str, quarter: str) -> list[dict[str, Any]]:
     pool = runtime.pool
     pairings = [(r["household_id"], r["village_code"], r["assigned_on"], r["released_on"]) for r in await pool.fetch(
         "SELECT household_id, village_code, assigned_on, released_on FROM mon_pairings WHERE cadre_id = $1",
