@@ -13,8 +13,8 @@ import pytest
 
 from contracts import funds as ev
 from eventkit.aggregate import Aggregate
-from eventkit.errors import DomainError
 from eventkit.events import RecordedEvent
+
 from services.funds.anomalies import (
     Anomaly,
     AnomalyRecord,
@@ -46,6 +46,8 @@ from services.funds.policies import (
 )
 from services.registry import codes
 
+from .domain_helpers import raises
+
 NOW = datetime(2025, 3, 10, 2, 0, tzinfo=timezone.utc)  # 2025-03-10 in China
 TODAY = date(2025, 3, 10)
 COUNTY = "620102"
@@ -61,23 +63,6 @@ CATALOGUE = default_catalogue()
 
 def uid() -> str:
     return str(uuid.uuid4())
-
-
-def raises(code: str, http_status: int, **details: Any):
-    class _Check:
-        def __enter__(self):
-            self.ctx = pytest.raises(DomainError)
-            self.info = self.ctx.__enter__()
-            return self.info
-
-        def __exit__(self, *exc):
-            handled = self.ctx.__exit__(*exc)
-            err = self.info.value
-            assert (err.code, err.status) == (code, http_status), (err.code, err.status, str(err))
-            for k, v in details.items():
-                assert err.details.get(k) == v, (k, err.details)
-            return handled
-    return _Check()
 
 
 def replayed(agg: Aggregate) -> Aggregate:

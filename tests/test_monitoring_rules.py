@@ -18,8 +18,8 @@ import yaml
 from contracts import funds as fev
 from contracts import monitoring as mev
 from contracts import registry as rev
-from eventkit.errors import DomainError
 from eventkit.events import RecordedEvent
+
 from services.monitoring import rules as R
 from services.monitoring.alerts import (
     DEFAULT_LIMITS,
@@ -42,6 +42,8 @@ from services.monitoring.rules import (
     suggested_object_type,
 )
 
+from .domain_helpers import raises
+
 TODAY = date(2025, 3, 10)
 NOW = datetime(2025, 3, 10, 2, 0, tzinfo=timezone.utc)
 VILLAGE = "620102001001"            # province 62
@@ -55,23 +57,6 @@ RAW = yaml.safe_load(R.THRESHOLDS_FILE.read_text(encoding="utf-8"))
 
 def uid() -> str:
     return str(uuid.uuid4())
-
-
-def raises(code: str, http_status: int, **details: Any):
-    class _Check:
-        def __enter__(self):
-            self.ctx = pytest.raises(DomainError)
-            self.info = self.ctx.__enter__()
-            return self.info
-
-        def __exit__(self, *exc):
-            handled = self.ctx.__exit__(*exc)
-            err = self.info.value
-            assert (err.code, err.status) == (code, http_status), (err.code, err.status, str(err))
-            for k, v in details.items():
-                assert err.details.get(k) == v, (k, err.details)
-            return handled
-    return _Check()
 
 
 def raw(**changes: Any) -> dict[str, Any]:
