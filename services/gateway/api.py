@@ -32,6 +32,7 @@ from services.registry import schemas as rs
 from services.funds import api as fa
 from services.monitoring import alert_service as ma
 from services.monitoring import dashboard as md
+from services.monitoring import delivery as ma_delivery
 from services.funds import ledger_queries as fl
 from services.workflow import api as wa
 from services.workflow import queries as wq
@@ -84,7 +85,7 @@ _PATH_PARAMS: dict[str, tuple[Any, Any]] = {
     "objection_id": (str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")),
     "code": (str, Path(pattern=rq.REGION_CODE_PATTERN)),
     "region": (str, Path(pattern=rq.REGION_CODE_PATTERN)),
-    "quarter": (str, Path(pattern=r"^[0-9]{4}-Q[1-4]$")),
+    "quarter": (str, Path(pattern=r"^20[0-9]{2}-Q[1-4]$")),
 }
 
 
@@ -455,12 +456,7 @@ async def alert_stream(request: Request, query: Annotated[StreamQuery, Query()])
                              background=BackgroundTask(upstream.aclose))
 
 
-class SubscribeBody(BaseModel):
-    model_config = {"extra": "forbid"}
-
-    url: str = Field(min_length=8, max_length=2000, pattern=r"^https?://[^\s]+$")
-    event_types: list[str] | None = None
-    description: str = Field(default="", max_length=200)
+SubscribeBody = ma_delivery.Subscribe
 
 
 route("POST", "/webhooks", "monitoring", body=SubscribeBody, status_code=201, identity=True,

@@ -134,7 +134,7 @@ async def record_batch(body: Batch, request: Request):
             summary="The duties a cadre missed in an ended quarter")
 async def compliance(request: Request, cadre_id: str = Path(min_length=1, max_length=64,
                                                            pattern=r"^[A-Za-z0-9._:-]+$"),
-                     quarter: str = Path(pattern=r"^[0-9]{4}-Q[1-4]$")):
+                     quarter: str = Path(pattern=r"^20[0-9]{2}-Q[1-4]$")):
     return {"cadre_id": cadre_id, "quarter": quarter, "findings": await _findings(request, cadre_id, quarter)}
 
 
@@ -142,7 +142,7 @@ async def compliance(request: Request, cadre_id: str = Path(min_length=1, max_le
              summary="Publish the duties a cadre missed in an ended quarter (each finding once)")
 async def publish_compliance(request: Request, cadre_id: str = Path(min_length=1, max_length=64,
                                                                    pattern=r"^[A-Za-z0-9._:-]+$"),
-                             quarter: str = Path(pattern=r"^[0-9]{4}-Q[1-4]$")):
+                             quarter: str = Path(pattern=r"^20[0-9]{2}-Q[1-4]$")):
     actor = _actor(request)
     findings, published = await publish_findings(runtime_of(request), cadre_id, quarter, actor)
     return {"cadre_id": cadre_id, "quarter": quarter, "findings": findings, "published": published}

@@ -106,6 +106,8 @@ def month_bounds(month: str) -> tuple[date, date]:
     if m is None:
         raise DomainError("invalid_month", f"month must look like 2025-01, not {month!r}", field="month")
     year, number = int(m.group(1)), int(m.group(2))
+    if not 2000 <= year <= 2100:
+        raise DomainError("invalid_month", f"year {year} is outside 2000-2100", field="month")
     start = date(year, number, 1)
     end = date(year + 1, 1, 1) if number == 12 else date(year, number + 1, 1)
     return start, end

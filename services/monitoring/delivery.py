@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
@@ -54,7 +54,8 @@ class Subscribe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(min_length=8, max_length=2000, pattern=r"^https?://[^\s]+$")
-    event_types: list[str] | None = Field(default=None, description="Alert event types (default: all).")
+    event_types: list[Literal[ALERT_EVENT_TYPES]] | None = Field(  # type: ignore[valid-type]
+        default=None, min_length=1, description="Alert event types (default: all).")
     description: str = Field(default="", max_length=200)
 
 
