@@ -27,6 +27,7 @@ from contracts.funds import (
     PROJECT,
     PROJECT_EVENTS,
 )
+from contracts.gateway import ACCESS, ACCESS_EVENTS, CLIENT, CLIENT_EVENTS, USER, USER_EVENTS
 from contracts.registry import HOUSEHOLD, HOUSEHOLD_EVENTS, VILLAGE, VILLAGE_EVENTS
 from contracts.monitoring import ALERT, ALERT_EVENTS, ATTENDANCE, ATTENDANCE_EVENTS, COMPLIANCE, COMPLIANCE_EVENTS
 from contracts.workflow import CASE
@@ -77,6 +78,9 @@ TOPICS: dict[str, Topic] = {
         _topic("funds", PROJECT, "stream id (project id)", *PROJECT_EVENTS),
         _topic("funds", DISBURSEMENT, "stream id (disbursement id)", *DISBURSEMENT_EVENTS),
         _topic("funds", ANOMALY, "stream id (anomaly id)", *ANOMALY_EVENTS),
+        _topic("gateway", USER, "stream id (user id)", *USER_EVENTS),
+        _topic("gateway", CLIENT, "stream id (client id)", *CLIENT_EVENTS),
+        _topic("gateway", ACCESS, "stream id (access id)", *ACCESS_EVENTS),
     )
 }
 

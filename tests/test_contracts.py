@@ -56,6 +56,7 @@ ALLOCATION_ID = "5b6a7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d"
 PROJECT_ID = "6c7d8e9f-0a1b-4c2d-9e3f-4a5b6c7d8e9f"
 DISBURSEMENT_ID = "7d8e9f0a-1b2c-4d3e-8f4a-5b6c7d8e9f0a"
 ANOMALY_ID = "8e9f0a1b-2c3d-5e4f-9a5b-6c7d8e9f0a1b"
+ACCESS_ID = "9f0a1b2c-3d4e-4f5a-8b6c-7d8e9f0a1b2c"
 
 
 def _allocation(**data: Any) -> tuple[str, dict[str, Any]]:
@@ -230,6 +231,35 @@ SAMPLES: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {
         "evidence": {"member_id": MEMBER_ID, "died_on": "2025-01-02", "paid_on": "2025-03-05", "amount": "1250.00",
                      "disbursement_ids": [DISBURSEMENT_ID], "payment_count": 1, "once": False},
         "detected_at": AT}),
+    ("UserCreated", 1): ("u-17", {
+        "user_id": "u-17", "username": "gs0102-017", "roles": ["cadre", "information_officer"], "level": "township",
+        "jurisdiction": "620102001000", "created_by": "u-admin", "created_at": AT}),
+    ("UserPasswordSet", 1): ("u-17", {"user_id": "u-17", "set_by": "u-admin", "temporary": True, "set_at": AT}),
+    ("UserLockedOut", 1): ("u-17", {"user_id": "u-17", "failures": 5, "locked_at": AT,
+                                    "until": "2025-03-01T08:15:00+00:00"}),
+    ("UserUnlocked", 1): ("u-17", {"user_id": "u-17", "unlocked_by": "u-admin", "unlocked_at": AT}),
+    ("UserRolesChanged", 1): ("u-17", {
+        "user_id": "u-17", "roles": ["county_office"], "level": "county", "jurisdiction": "620102000000",
+        "previous_roles": ["cadre", "information_officer"], "changed_by": "u-admin", "changed_at": AT}),
+    ("UserDeactivated", 1): ("u-17", {"user_id": "u-17", "reason": "调离", "deactivated_by": "u-admin",
+                                      "deactivated_at": AT}),
+    ("ClientRegistered", 1): ("edu-aid", {
+        "client_id": "edu-aid", "name": "省学生资助管理系统", "department": "education",
+        "scopes": ["comparison:education", "inbound:subsidies"], "jurisdiction": "620000000000",
+        "registered_by": "u-admin", "registered_at": AT}),
+    ("ClientSecretRotated", 1): ("edu-aid", {
+        "client_id": "edu-aid", "secret_id": "9f86d081884c7d65", "previous_secret_id": "2c26b46b68ffc68f",
+        "previous_valid_until": "2025-03-02T08:00:00+00:00", "rotated_by": "u-admin", "rotated_at": AT}),
+    ("ClientRevoked", 1): ("edu-aid", {"client_id": "edu-aid", "reason": "系统下线", "revoked_by": "u-admin",
+                                       "revoked_at": AT}),
+    ("PersonalDataAccessed", 1): (ACCESS_ID, {
+        "access_id": ACCESS_ID, "principal_type": "user", "principal_id": "u-17",
+        "route": "GET /api/v1/households/{household_id}", "purpose": "入户核实", "records": [HOUSEHOLD_ID, HMAC],
+        "count": 4, "accessed_at": AT}),
+    ("AccessDenied", 1): (ACCESS_ID, {
+        "access_id": ACCESS_ID, "principal_type": "client", "principal_id": "edu-aid",
+        "route": "GET /api/v1/households/{household_id}", "action": "household:read_personal",
+        "reason": "forbidden", "denied_at": AT}),
 }
 
 
