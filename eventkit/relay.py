@@ -209,9 +209,21 @@ class Relay:
             await conn.remove_listener(NOTIFY_CHANNEL, self._on_notify)
             await conn.execute("SELECT pg_advisory_unlock_all()")
         except Exception:  # the session is broken: closing it releases everything
-            conn.terminate()
+            try:
+                conn.terminate()
+            except Exception:  # asyncpg's pool already took back a connection the server ended
+                log.debug("relay %s: the broken session was already closed", self.name)
         finally:
-            await self.store.pool.release(conn)
+            await self.store.pool.release(conn)  # a no-op for a connection the pool took back
+
+    def _session_alive(self) -> bool:
+        import asyncpg
+
+        conn = self._listen_conn
+        try:
+            return conn is not None and not conn.is_closed()
+        except asyncpg.InterfaceError:  # the pool took the connection back when the server ended it
+            return False
 
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()
@@ -270,6 +282,9 @@ class Relay:
         loop = asyncio.get_running_loop()
         last_check = loop.time()
         while not self._stopping:
+            if not self._session_alive():
+                # The publisher lock went with the session: stop, and take the lock again (or stand by).
+                raise RuntimeError("the relay's database session (and publisher lock) was lost")
             if loop.time() - last_check >= self.lost_data_check_interval:
                 await self._check_lost_data(producer)
                 last_check = loop.time()

@@ -176,3 +176,34 @@ async def test_only_one_relay_per_store_publishes(pool, infra, unique):
 
 async def _is_connected(relay: Relay) -> bool:
     return relay.stats.connected
+
+
+async def test_relay_recovers_its_session_and_publisher_lock_after_the_database_ends_it(pool, infra, unique):
+    service = unique("relay")
+    kind = unique("thing")
+    store = EventStore(pool)
+    relay = make_relay(pool, infra, service)
+    topic = topic_name(SERVICE, kind)
+    async with background(relay.run()):
+        first = f"hh-{uuid.uuid4()}"
+        await store.append(first, kind, NO_STREAM, [NewEvent("A", {"n": 1})])
+        await wait_until(lambda: _published(infra, topic, {first}), timeout=30, message="the first event")
+        old_pid = relay._listen_conn.get_server_pid()  # noqa: SLF001 - the session under test
+        await pool.execute("SELECT pg_terminate_backend($1)", old_pid)
+        second = f"hh-{uuid.uuid4()}"
+        await store.append(second, kind, NO_STREAM, [NewEvent("A", {"n": 2})])
+        await wait_until(lambda: _published(infra, topic, {first, second}), timeout=30,
+                         message="the event appended after the session was lost")
+
+        async def lock_held_again():
+            conn = relay._listen_conn  # noqa: SLF001
+            if conn is None or conn.is_closed() or conn.get_server_pid() == old_pid:
+                return False
+            return await pool.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1 AND granted",
+                conn.get_server_pid())
+        await wait_until(lock_held_again, timeout=30, message="the publisher lock on a new session")
+
+
+async def _published(infra, topic: str, streams: set[str]) -> bool:
+    return {r.key.decode() for r in await read_topic(infra.bootstrap_servers, topic)} >= streams
