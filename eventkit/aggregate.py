@@ -7,10 +7,10 @@ concurrency on the version it was loaded at.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Sequence, TypeVar
 
 from .events import Metadata, NewEvent, RecordedEvent
-from .store import NO_STREAM, EventStore
+from .store import NO_STREAM, EventStore, StreamAppend
 
 
 class Aggregate:
@@ -65,3 +65,17 @@ class Repository(Generic[A]):
         agg.pending = []
         agg.version = recorded[-1].version
         return recorded
+
+
+async def save_all(store: EventStore, aggregates: Sequence[Aggregate], metadata: Metadata | None = None, *,
+                   conn: Any = None) -> list[RecordedEvent]:
+    """Append the pending events of several aggregates atomically, with optimistic concurrency on
+    each stream (a command that moves money on an allocation and a project, a batch of cases)."""
+    appends = [StreamAppend(a.id, a.stream_type, a.version or NO_STREAM, list(a.pending))
+               for a in aggregates if a.pending]
+    recorded = await store.append_streams(appends, metadata, conn=conn)
+    for a in aggregates:
+        if a.pending:
+            a.version = max(e.version for e in recorded if e.stream_id == a.id)
+            a.pending = []
+    return recorded

@@ -460,6 +460,15 @@ def _declare_storable_text(node: Any) -> None:
             _declare_storable_text(value)
 
 
+def required_actor(request: Request, what: str = "this command") -> str:
+    """The caller's user id (``X-TPA-Actor``; asserted until the gateway authenticates, ADR 0010),
+    or a 401 ``unauthenticated`` problem."""
+    actor = (request.headers.get("x-tpa-actor") or "").strip()
+    if not actor:
+        raise DomainError("unauthenticated", f"{what} needs the caller's identity (X-TPA-Actor)", 401)
+    return actor
+
+
 def if_match_version(request: Request) -> int | None:
     """The stream version a command's ``If-Match`` header expects (None without one, or with ``*``)."""
     raw = request.headers.get("if-match")

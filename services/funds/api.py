@@ -22,10 +22,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from contracts import funds as ev
-from eventkit.errors import ConcurrencyError, DomainError
+from eventkit.errors import ConcurrencyError
 from eventkit.events import Metadata
 from eventkit.idempotency import CommandResult
-from eventkit.runtime import Problem, idempotent, if_match_version, runtime_of
+from eventkit.runtime import Problem, idempotent, if_match_version, required_actor, runtime_of
 from eventkit.telemetry import correlation_id
 
 from .anomalies import AnomalyRecord
@@ -154,18 +154,11 @@ def funds_of(request: Request) -> Funds:
     return runtime_of(request).state["funds"]
 
 
-def actor_of(request: Request) -> str:
-    actor = (request.headers.get("x-tpa-actor") or "").strip()
-    if not actor:
-        raise DomainError("unauthenticated", "this command needs the caller's identity (X-TPA-Actor)", 401)
-    return actor
-
-
 async def command(request: Request, body: BaseModel | None, handle: Callable[[Any, str, Metadata], Any],
                   status: int = 200, location: str | None = None) -> JSONResponse:
     """Run ``handle(conn, actor, meta)`` -> (aggregate, recorded) once per Idempotency-Key, retrying on a
     concurrent change of the same streams."""
-    actor = actor_of(request)
+    actor = required_actor(request)
     meta = Metadata(actor=actor, correlation_id=correlation_id.get())
 
     async def run(conn) -> CommandResult:

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Sequence
 
-from eventkit.aggregate import Aggregate
+from eventkit.aggregate import Aggregate, save_all
 from eventkit.clock import Clock
 from eventkit.errors import DomainError
 from eventkit.events import Metadata, RecordedEvent
-from eventkit.store import NO_STREAM, EventStore, StreamAppend
+from eventkit.store import EventStore
 
 from .anomalies import (
     AnomalyRecord, PaymentFacts, duplicate_periods, payment_anomalies, project_overspend, shared_accounts,
@@ -77,14 +77,7 @@ class Funds:
 
     async def save(self, conn: Any, aggregates: Sequence[Aggregate], meta: Metadata) -> list[RecordedEvent]:
         """Append the pending events of several aggregates atomically."""
-        appends = [StreamAppend(a.id, a.stream_type, a.version or NO_STREAM, list(a.pending)) for a in aggregates
-                   if a.pending]
-        recorded = await self.store.append_streams(appends, meta, conn=conn)
-        for a in aggregates:
-            if a.pending:
-                a.version = max(e.version for e in recorded if e.stream_id == a.id)
-                a.pending = []
-        return recorded
+        return await save_all(self.store, aggregates, meta, conn=conn)
 
     async def facts(self, conn: Any, household_id: str) -> HouseholdFacts:
         rows = await conn.fetch("SELECT event_type, data FROM fd_household_events WHERE household_id = $1"

@@ -30,10 +30,10 @@ from fastapi.responses import JSONResponse
 from contracts import funds as ev
 from eventkit.errors import DomainError
 from eventkit.events import Metadata
-from eventkit.runtime import problem, runtime_of
+from eventkit.runtime import problem, required_actor, runtime_of
 from eventkit.telemetry import correlation_id
 
-from .api import ERRORS, actor_of, funds_of
+from .api import ERRORS, funds_of
 from .domain import Disbursement, fmt
 
 router = APIRouter(tags=["reconciliation"])
@@ -110,7 +110,7 @@ def _exception(line: Line, kind: str, detail: str, disbursement_id: str | None =
              openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {
                  "type": "string", "description": "reference,account_masked,amount,date,status"}}}}})
 async def import_statement(request: Request, channel: str = Query(pattern=f"^({'|'.join(ev.PAYMENT_CHANNELS)})$")):
-    actor = actor_of(request)
+    actor = required_actor(request, "importing a statement")
     funds = funds_of(request)
     data = await request.body()
     if len(data) > MAX_BYTES:

@@ -32,9 +32,10 @@ from eventkit.clock import Clock
 from eventkit.errors import ConcurrencyError, DomainError
 from eventkit.events import Metadata, RecordedEvent
 from eventkit.projection import Message
-from eventkit.runtime import Problem, idempotent, if_match_version, runtime_of
+from eventkit.runtime import Problem, idempotent, if_match_version, required_actor, runtime_of
 from eventkit.idempotency import CommandResult
-from eventkit.store import NO_STREAM, EventStore, StreamAppend
+from eventkit.aggregate import save_all
+from eventkit.store import EventStore
 from eventkit.telemetry import correlation_id
 
 from .alerts import Alert, OverdueLimits
@@ -75,12 +76,8 @@ class Alerts:
         return alert
 
     async def save(self, conn: Any, alert: Alert, meta: Metadata, finding: str | None = None) -> list[RecordedEvent]:
-        recorded = await self.store.append_streams(
-            [StreamAppend(alert.id, alert.stream_type, alert.version or NO_STREAM, list(alert.pending))], meta,
-            conn=conn)
+        recorded = await save_all(self.store, [alert], meta, conn=conn)
         if recorded:
-            alert.version = recorded[-1].version
-            alert.pending = []
             await conn.execute(
                 "INSERT INTO mon_alerts (alert_id, household_id, village_code, rule, risk, severity, state, level,"
                 " is_open, raised_at, updated_at, finding_id, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
@@ -250,17 +247,10 @@ def alerts_of(request: Request) -> Alerts:
     return runtime_of(request).state["alerts"]
 
 
-def _actor(request: Request) -> str:
-    actor = (request.headers.get("x-tpa-actor") or "").strip()
-    if not actor:
-        raise DomainError("unauthenticated", "this command needs the caller's identity (X-TPA-Actor)", 401)
-    return actor
-
-
 @router.post("/households/{household_id}/risk-reports", status_code=201, responses=ERRORS,
              summary="A cadre reports a risk (disaster or other) for a household; the rules run at once")
 async def report_risk(household_id: uuid.UUID, body: RiskReport, request: Request):
-    actor = _actor(request)
+    actor = required_actor(request)
     alerts = alerts_of(request)
     report_id = str(uuid.uuid4())
 
@@ -283,7 +273,7 @@ async def report_risk(household_id: uuid.UUID, body: RiskReport, request: Reques
 
 def _alert_command(path: str, model: type[BaseModel] | None, summary: str, run) -> None:
     async def endpoint(alert_id: uuid.UUID, request: Request, body: Any = None):
-        actor = _actor(request)
+        actor = required_actor(request)
         alerts = alerts_of(request)
         expected = if_match_version(request)
 

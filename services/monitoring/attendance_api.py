@@ -22,11 +22,12 @@ from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.registry import HOUSEHOLD_TOPIC
-from eventkit.errors import ConcurrencyError, DomainError
+from eventkit.errors import ConcurrencyError
 from eventkit.events import Metadata, NewEvent
 from eventkit.projection import Message
-from eventkit.runtime import Problem, runtime_of
-from eventkit.store import NO_STREAM, StreamAppend
+from eventkit.runtime import Problem, required_actor, runtime_of
+from eventkit.aggregate import save_all
+from eventkit.store import NO_STREAM
 from eventkit.telemetry import correlation_id
 
 from .attendance import AttendanceSettings, CadreAttendance, china_date
@@ -76,13 +77,6 @@ class Batch(BaseModel):
         "occurred_at, ...} (see services/monitoring/attendance.py)."))
 
 
-def _actor(request: Request) -> str:
-    actor = (request.headers.get("x-tpa-actor") or "").strip()
-    if not actor:
-        raise DomainError("unauthenticated", "an attendance batch needs the cadre's identity (X-TPA-Actor)", 401)
-    return actor
-
-
 async def _mirror(conn: Any, recorded: list) -> None:
     for e in recorded:
         d = e.data
@@ -100,7 +94,7 @@ async def _mirror(conn: Any, recorded: list) -> None:
 
 @router.post("/attendance/batches", responses=ERRORS, summary="Record an offline batch of the cadre's attendance")
 async def record_batch(body: Batch, request: Request):
-    cadre = _actor(request)
+    cadre = required_actor(request, "an attendance batch")
     runtime = runtime_of(request)
     settings: AttendanceSettings = runtime.state["attendance_settings"]
     households = {str(i.get("household_id")) for i in body.items if isinstance(i, dict) and i.get("household_id")}
@@ -118,9 +112,8 @@ async def record_batch(body: Batch, request: Request):
                 result = agg.ingest(body.items, now=runtime.state["clock"].now(), household_locations=locations,
                                     household_villages=villages, settings=settings)
                 try:
-                    recorded = await runtime.store.append_streams(
-                        [StreamAppend(cadre, agg.stream_type, agg.version or NO_STREAM, list(agg.pending))],
-                        Metadata(actor=cadre, correlation_id=correlation_id.get()), conn=conn)
+                    recorded = await save_all(runtime.store, [agg],
+                                              Metadata(actor=cadre, correlation_id=correlation_id.get()), conn=conn)
                 except ConcurrencyError:
                     if attempt == CONFLICT_RETRIES - 1:
                         raise
@@ -143,7 +136,7 @@ async def compliance(request: Request, cadre_id: str = Path(min_length=1, max_le
 async def publish_compliance(request: Request, cadre_id: str = Path(min_length=1, max_length=64,
                                                                    pattern=r"^[A-Za-z0-9._:-]+$"),
                              quarter: str = Path(pattern=r"^20[0-9]{2}-Q[1-4]$")):
-    actor = _actor(request)
+    actor = required_actor(request, "publishing duty findings")
     findings, published = await publish_findings(runtime_of(request), cadre_id, quarter, actor)
     return {"cadre_id": cadre_id, "quarter": quarter, "findings": findings, "published": published}
 

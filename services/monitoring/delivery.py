@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.monitoring import ALERT
 from eventkit import sse, webhooks
 from eventkit.errors import DomainError
-from eventkit.runtime import Problem, runtime_of
+from eventkit.runtime import Problem, required_actor, runtime_of
 
 router = APIRouter(tags=["alerts"])
 ALERT_EVENT_TYPES = ("ReturnRiskAlertRaised", "AlertAcknowledged", "AlertVerificationRequested", "AlertResolved",
@@ -67,17 +67,10 @@ def _subscription(s: webhooks.Subscription, secret: bool = False) -> dict[str, A
     return out
 
 
-def _actor(request: Request) -> str:
-    actor = (request.headers.get("x-tpa-actor") or "").strip()
-    if not actor:
-        raise DomainError("unauthenticated", "managing webhooks needs the caller's identity (X-TPA-Actor)", 401)
-    return actor
-
-
 @router.post("/webhooks", status_code=201, responses=ERRORS,
              summary="Subscribe an endpoint to alert events (the signing secret is returned once)")
 async def subscribe(body: Subscribe, request: Request):
-    _actor(request)
+    required_actor(request, "managing webhooks")
     unknown = sorted(set(body.event_types or ()) - set(ALERT_EVENT_TYPES))
     if unknown:
         raise DomainError("unknown_event_type", f"unknown event types {unknown}; expected some of "
@@ -100,7 +93,7 @@ async def subscriptions(request: Request):
 @router.delete("/webhooks/{subscription_id}", status_code=204, responses=ERRORS,
                summary="Deactivate a subscription (its undelivered messages are dropped)")
 async def unsubscribe(subscription_id: uuid.UUID, request: Request):
-    _actor(request)
+    required_actor(request, "managing webhooks")
     async with runtime_of(request).pool.acquire() as conn:
         if not await webhooks.deactivate_subscription(conn, subscription_id, "deactivated by an operator"):
             raise DomainError("subscription_not_found", f"no subscription {subscription_id}", 404)

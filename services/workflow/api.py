@@ -28,7 +28,7 @@ from contracts.workflow_cases import COMPARISON_SOURCES
 from eventkit.errors import DomainError
 from eventkit.events import Metadata
 from eventkit.idempotency import CommandResult
-from eventkit.runtime import Problem, idempotent, if_match_version, problem, runtime_of
+from eventkit.runtime import Problem, idempotent, if_match_version, problem, required_actor, runtime_of
 from eventkit.telemetry import correlation_id
 
 from .commands import MAX_BATCH, BatchRefused, Workflow
@@ -195,9 +195,7 @@ async def _case_command(request: Request, case_id: uuid.UUID, body: BaseModel | 
              summary="Open a review case for a household")
 async def open_case(body: OpenCase, request: Request):
     wf = workflow_of(request)
-    actor = (request.headers.get("x-tpa-actor") or "").strip()
-    if not actor:
-        raise DomainError("unauthenticated", "opening a case needs the caller's identity (X-TPA-Actor)", 401)
+    actor = required_actor(request, "opening a case")
 
     async def handle(conn) -> CommandResult:
         case, recorded = await wf.open_case(

@@ -15,7 +15,8 @@ from typing import Any, Mapping, Sequence
 from contracts.workflow import derived_case_id  # noqa: F401 (re-exported for the process managers)
 from eventkit.errors import ConcurrencyError, DomainError
 from eventkit.events import Metadata, RecordedEvent
-from eventkit.store import NO_STREAM, EventStore, StreamAppend
+from eventkit.aggregate import save_all
+from eventkit.store import EventStore
 
 from eventkit.clock import Clock
 from .definitions import CaseType
@@ -82,14 +83,8 @@ class Workflow:
 
     async def save_all(self, conn: Any, cases: Sequence[Case], meta: Metadata) -> list[RecordedEvent]:
         """Append the pending events of several cases atomically (optimistic concurrency per case)."""
-        appends = [StreamAppend(c.id, c.stream_type, c.version or NO_STREAM, list(c.pending)) for c in cases]
         await self._release(conn, cases)
-        recorded = await self.store.append_streams(appends, meta, conn=conn)
-        for c in cases:
-            if c.pending:
-                c.version = max(e.version for e in recorded if e.stream_id == c.id)
-                c.pending = []
-        return recorded
+        return await save_all(self.store, cases, meta, conn=conn)
 
     # -- households (local projection) ----------------------------------------------
 
