@@ -18,7 +18,10 @@ TEST_HMAC_KEY = "test-only-hmac-key-0123456789abcdef0123456789"
 @asynccontextmanager
 async def serve(runtime: Any, port: int) -> AsyncIterator[str]:
     config = uvicorn.Config(runtime.app, host="127.0.0.1", port=port, lifespan="on", log_config=None,
-                            access_log=False, timeout_graceful_shutdown=5)
+                            access_log=False, timeout_graceful_shutdown=5,
+                            # Idle keep-alive connections outlive a test's waits: a client reusing one the
+                            # server just closed (uvicorn's default is 5 s) gets a spurious ReadError.
+                            timeout_keep_alive=75)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
