@@ -12,6 +12,7 @@ import json
 import logging
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
 
@@ -28,12 +29,14 @@ from .errors import ConcurrencyError, DomainError, IdempotencyKeyReused, StreamN
 from .idempotency import CommandResult, request_fingerprint, run_command
 from .idempotency import expire as expire_idempotency
 from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .principal import Principal, jurisdiction_prefix
 from .problems import Problem  # noqa: F401 (re-exported for the services' response models)
 from .projection import Projection, ProjectionRunner
 from .relay import Relay
 from .settings import ServiceSettings
 from .store import EventStore
 from .telemetry import correlation_id
+from .tokens import INTERNAL_IDENTITY_HEADER, Keyring, parse_keyring, verify_internal_token
 
 log = logging.getLogger("eventkit.runtime")
 
@@ -89,6 +92,12 @@ class ServiceRuntime:
         self._extra_shutdown = extra_shutdown
         self.state: dict[str, Any] = {}  # service-specific singletons (clients, caches)
         self._broker_ok: tuple[float, bool] = (0.0, False)
+        # Every service but the gateway trusts only the gateway: each request must carry its signed
+        # internal identity token (eventkit.tokens). Checked at start-up, so that a service without
+        # the key refuses to run rather than to answer.
+        self.internal_keyring: Keyring | None = None
+        if settings.internal_token_keys:
+            self.internal_keyring = parse_keyring(settings.internal_token_keys, "TPA_INTERNAL_TOKEN_KEYS")
         self.app = self._build_app(routers, title or f"TPA {self.service}")
 
     # -- lifecycle -------------------------------------------------------------
@@ -101,6 +110,9 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         s = self.settings
+        if self.internal_keyring is None:
+            raise RuntimeError("TPA_INTERNAL_TOKEN_KEYS is not set (the keyring of the gateway's internal "
+                               "identity tokens; `tpa keys` prints one)")
         if not s.database_url:
             raise RuntimeError(f"TPA_{self.service.upper()}_DATABASE_URL is not set")
         if not s.kafka_bootstrap_servers and (self.with_relay or self.projections):
@@ -214,6 +226,25 @@ class ServiceRuntime:
         install_offline_docs(app)
         app.state.runtime = self
         runtime = self
+
+        if self.service != "gateway":
+            @app.middleware("http")
+            async def internal_identity(request: Request, call_next):
+                # Only the gateway may call: a valid X-TPA-Identity token, or a 401.
+                path = request.url.path
+                if path in _OPEN_PATHS or path.startswith("/docs"):
+                    return await call_next(request)
+                try:
+                    request.state.principal = verify_internal_token(
+                        request.headers.get(INTERNAL_IDENTITY_HEADER), runtime.internal_keyring,
+                        now=datetime.now(timezone.utc), allow_anonymous=True)
+                except DomainError as exc:
+                    response = problem(401, "gateway_identity_required", "Unauthenticated",
+                                       f"calls must come through the gateway with a valid {INTERNAL_IDENTITY_HEADER} "
+                                       f"token ({exc})")
+                    response.headers["WWW-Authenticate"] = 'TPA-Identity realm="tpa"'
+                    return response
+                return await call_next(request)
 
         @app.middleware("http")
         async def reject_unstorable_text(request: Request, call_next):
@@ -368,6 +399,8 @@ def _unstorable(value: Any, where: str = "body") -> str | None:
     return None
 
 
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 406: "not_acceptable", 413: "payload_too_large",
                415: "unsupported_media_type", 429: "too_many_requests"}
@@ -460,13 +493,41 @@ def _declare_storable_text(node: Any) -> None:
             _declare_storable_text(value)
 
 
+def principal_of(request: Request) -> Principal | None:
+    """Who is calling, as the gateway vouched in the internal identity token (None: anonymous)."""
+    return getattr(request.state, "principal", None)
+
+
+def current_principal(request: Request, what: str = "this request") -> Principal:
+    """The caller, or a 401 ``unauthenticated`` problem for an anonymous call."""
+    principal = principal_of(request)
+    if principal is None:
+        raise DomainError("unauthenticated", f"{what} needs a signed-in caller", 401)
+    return principal
+
+
 def required_actor(request: Request, what: str = "this command") -> str:
-    """The caller's user id (``X-TPA-Actor``; asserted until the gateway authenticates, ADR 0010),
-    or a 401 ``unauthenticated`` problem."""
-    actor = (request.headers.get("x-tpa-actor") or "").strip()
-    if not actor:
-        raise DomainError("unauthenticated", f"{what} needs the caller's identity (X-TPA-Actor)", 401)
-    return actor
+    """The caller's id (a user id, or a client system's id), or a 401 ``unauthenticated`` problem."""
+    return current_principal(request, what).id
+
+
+def require_covers(request: Request, region_code: str | None, what: str = "this record") -> None:
+    """403 ``outside_jurisdiction`` unless the caller's jurisdiction covers ``region_code`` (a record
+    with no known region is covered by nobody but a province)."""
+    principal = current_principal(request)
+    if region_code is None:
+        if principal.level != "province":
+            raise DomainError("outside_jurisdiction", f"{what} is outside jurisdiction {principal.jurisdiction}",
+                              403)
+        return
+    if not principal.covers(region_code):
+        raise DomainError("outside_jurisdiction", f"{what} is outside jurisdiction {principal.jurisdiction}",
+                          403, region_code=str(region_code))
+
+
+def jurisdiction_prefix_of(request: Request) -> str:
+    """The code prefix of the caller's jurisdiction: ``village_code LIKE prefix || '%'`` scopes a query."""
+    return jurisdiction_prefix(current_principal(request).jurisdiction)
 
 
 def if_match_version(request: Request) -> int | None:

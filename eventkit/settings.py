@@ -61,6 +61,19 @@ class ServiceSettings(BaseSettings):
     # Registry: secret key of the keyed hash (HMAC-SHA256) of resident ID numbers.
     id_hmac_key: str | None = None
 
+    # Identity: the keyring of the internal identity tokens (``X-TPA-Identity``) the gateway signs
+    # and every service verifies (``kid=base64url-key,...``; the first key signs). Required.
+    internal_token_keys: str | None = Field(
+        default=None, validation_alias=AliasChoices("internal_token_keys", "TPA_INTERNAL_TOKEN_KEYS"))
+    # Gateway: the keyring of the access tokens it issues (TPA_GATEWAY_TOKEN_KEYS), the public
+    # address household-card links point to, per-caller rate limits and request size limits.
+    token_keys: str | None = None
+    public_base_url: str = "http://127.0.0.1:8000"
+    rate_limit_per_minute: int = 600
+    rate_limit_burst: int = 120
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_upload_bytes: int = 64 * 1024 * 1024
+
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("TPA_LOG_LEVEL"))
     log_json: bool = Field(default=True, validation_alias=AliasChoices("TPA_LOG_JSON"))
 

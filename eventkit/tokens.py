@@ -66,7 +66,7 @@ from typing import Any, Mapping
 
 from eventkit.errors import DomainError
 
-from .identity import Principal, b64url_decode, b64url_encode
+from .principal import Principal, b64url_decode, b64url_encode
 
 ALGORITHM = "HS256"
 TOKEN_TYPE = "JWT"
@@ -410,19 +410,67 @@ def rotate_refresh_token(token: Any, record: RefreshToken | None, *, now: dateti
 
 # --- internal identity tokens ------------------------------------------------------------------------
 
-def internal_token_for(principal: Principal, keyring: Keyring, *, now: datetime, issuer: str = DEFAULT_ISSUER,
-                       lifetime: timedelta = INTERNAL_TOKEN_LIFETIME) -> str:
+ANONYMOUS = "anonymous"
+"""The ``sub`` and ``principal_type`` of an internal token for a request nobody signed in to (a
+public route: notice boards, objections, household cards). It proves the call came through the
+gateway, and names no one."""
+
+
+def internal_token_for(principal: Principal | None, keyring: Keyring, *, now: datetime,
+                       issuer: str = DEFAULT_ISSUER, lifetime: timedelta = INTERNAL_TOKEN_LIFETIME) -> str:
     """The ``X-TPA-Identity`` token the gateway forwards to a service for one request (60 seconds,
-    audience ``tpa-internal``, signed with the internal keyring)."""
+    audience ``tpa-internal``, signed with the internal keyring); ``principal=None`` for an
+    anonymous caller of a public route."""
     if lifetime > INTERNAL_TOKEN_LIFETIME:
         raise ValueError(f"internal tokens live at most {INTERNAL_TOKEN_LIFETIME.total_seconds():.0f} seconds")
+    if principal is None:
+        iat = int(_timestamp(now))
+        claims = {"iss": issuer, "sub": ANONYMOUS, "aud": INTERNAL_AUDIENCE, "iat": iat, "nbf": iat,
+                  "exp": iat + max(1, int(lifetime.total_seconds())), "jti": secrets.token_urlsafe(16),
+                  "principal_type": ANONYMOUS}
+        return encode(claims, keyring)
     return _issue(principal, keyring, now=now, issuer=issuer, audience=INTERNAL_AUDIENCE, lifetime=lifetime).token
 
 
 def verify_internal_token(token: Any, keyring: Keyring, *, now: datetime, issuer: str = DEFAULT_ISSUER,
-                          leeway: timedelta = LEEWAY) -> Principal:
+                          leeway: timedelta = LEEWAY, allow_anonymous: bool = False) -> Principal | None:
     """The principal of a valid ``X-TPA-Identity`` token (audience ``tpa-internal``, lifetime at most
-    60 seconds, signed with the internal keyring)."""
+    60 seconds, signed with the internal keyring). An anonymous token gives ``None`` when
+    ``allow_anonymous``, and ``invalid_token`` otherwise."""
     claims = verify_token(token, keyring, audience=INTERNAL_AUDIENCE, now=now, issuer=issuer, leeway=leeway,
                           max_lifetime=INTERNAL_TOKEN_LIFETIME)
+    if claims.get("principal_type") == ANONYMOUS and claims.get("sub") == ANONYMOUS:
+        if allow_anonymous:
+            return None
+        raise _invalid("anonymous", "the token names no principal")
     return principal_from_claims(claims)
+
+
+# --- keyrings from configuration ---------------------------------------------------------------------
+
+def parse_keyring(text: Any, what: str = "keyring") -> Keyring:
+    """A keyring from its configuration form ``kid=base64url-key[,kid=base64url-key...]``: the first
+    key signs, all verify (list the new key first to rotate). ``ValueError`` names what is wrong
+    without showing a key."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{what} is empty")
+    keys: dict[str, bytes] = {}
+    current = None
+    for part in text.split(","):
+        kid, sep, encoded = part.strip().partition("=")
+        if not sep:
+            raise ValueError(f"{what}: each entry is kid=base64url-key")
+        try:
+            key = b64url_decode(encoded.strip().rstrip("="))
+        except ValueError:
+            raise ValueError(f"{what}: key {kid!r} is not base64url") from None
+        if kid in keys:
+            raise ValueError(f"{what}: key id {kid!r} appears twice")
+        keys[kid] = key
+        current = current or kid
+    return Keyring(keys, current)
+
+
+def keyring_text(kid: str, key: bytes | None = None) -> str:
+    """The configuration form of a one-key keyring (a new random key unless ``key`` is given)."""
+    return f"{kid}={b64url_encode(key if key is not None else generate_key())}"

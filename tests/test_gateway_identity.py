@@ -16,7 +16,7 @@ from contracts.topics import EVENT_MODELS
 from eventkit.errors import DomainError
 from eventkit.events import RecordedEvent
 from services.gateway import identity as idn
-from services.gateway import tokens as tk
+from eventkit import tokens as tk
 from services.gateway.identity import (
     ACTIONS,
     CLIENT_ACTIONS,
@@ -33,7 +33,7 @@ from services.gateway.identity import (
     covers,
     require,
 )
-from services.gateway.tokens import Keyring, TokenError
+from eventkit.tokens import Keyring, TokenError
 from tests.domain_helpers import raises
 
 NOW = datetime(2025, 3, 1, 8, 0, tzinfo=timezone.utc)

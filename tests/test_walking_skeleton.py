@@ -15,7 +15,7 @@ from eventkit import telemetry
 from eventkit.testing import wait_until
 
 from .conftest import village_code
-from .harness import running_platform
+from .harness import ActAs, running_platform
 from .registry_helpers import household, seed_village
 
 
@@ -41,7 +41,7 @@ async def test_a_registration_through_the_gateway_reaches_monitoring_in_one_trac
     async with running_platform(infra, databases, unique("g")) as platform:
         gateway = platform["gateway"][0]
         await seeded(platform, village)
-        async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=gateway, timeout=10, auth=ActAs(platform, village=village)) as client:
             assert (await client.get(f"/api/v1/villages/{village}/households")).json()["households"] == 0
             EXPORTER.clear()
             r = await client.post("/api/v1/households", json=household(village))
@@ -77,7 +77,7 @@ async def test_an_idempotency_key_replays_the_first_result_and_appends_nothing(i
     async with running_platform(infra, databases, unique("g")) as platform:
         gateway, registry = platform["gateway"][0], platform["registry"][1]
         await seeded(platform, village)
-        async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=gateway, timeout=10, auth=ActAs(platform, village=village)) as client:
             body = household(village)
             key = {"Idempotency-Key": unique("key")}
             # The village network drops the response; the app retries, even concurrently.
@@ -99,7 +99,8 @@ async def test_an_idempotency_key_replays_the_first_result_and_appends_nothing(i
 async def test_bad_input_gets_a_clear_error_and_nothing_is_written(infra, databases, unique):
     async with running_platform(infra, databases, unique("g")) as platform:
         gateway, registry = platform["gateway"][0], platform["registry"][1]
-        async with httpx.AsyncClient(base_url=gateway, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=gateway, timeout=10,
+                                     auth=ActAs(platform, village="620102001001")) as client:
             for bad in (household("12345"), household("620102001001", members=[]),
                         {**household("620102001001"), "name": "张三"}):
                 r = await client.post("/api/v1/households", json=bad)
@@ -121,6 +122,7 @@ async def test_health_readiness_and_metrics(infra, databases, unique):
                 assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
             village = village_code()
             await seeded(platform, village)
+            client.auth = ActAs(platform, village=village)
             r = await client.post(f"{platform['gateway'][0]}/api/v1/households", json=household(village))
             assert r.status_code == 201
 

@@ -1,32 +1,43 @@
 """Public API routes, forwarded to the owning services.
 
-Authentication, jurisdiction scoping and read auditing arrive with the gateway's
-own issue; until then the gateway forwards only the headers listed in
-`_FORWARDED` (never a client's `x-tpa-personal-data`). Routes declared with
-``identity=True`` (workflow commands, change requests) also forward the caller's
-asserted identity (`_IDENTITY`: user id, role, level, jurisdiction): an interim
-arrangement, documented in ADR 0010, that authentication will replace by
-headers the gateway sets itself.
+Every route declares the action it needs (``eventkit.principal.ACTIONS``; a tuple
+means any of them) or ``None`` for a public route (notice boards, objections,
+reference lists, village disclosure, household cards). The gateway:
+
+1. authenticates the caller (``Authorization: Bearer``: a 401 with
+   ``WWW-Authenticate: Bearer`` otherwise; public routes take a token if sent);
+2. refuses a caller whose role or scopes do not allow the action, or whose
+   jurisdiction does not cover the region named in the path (403, recorded as
+   ``AccessDenied``);
+3. forwards the request with a 60-second internal identity token
+   (``X-TPA-Identity``) naming the caller, and only the headers in ``_FORWARDED``;
+   the services refuse calls without one and check what only they know (the
+   region of a household, case, alert or payment; a 403 from them is recorded as
+   ``AccessDenied`` too);
+4. records every response that disclosed personal data as ``PersonalDataAccessed``.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 from urllib.parse import quote
 import re
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 import httpx
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from contracts.registry import VILLAGE_CODE_PATTERN
+from eventkit.principal import Principal
 from eventkit.runtime import problem, runtime_of
 from eventkit.telemetry import correlation_id
+from eventkit.tokens import INTERNAL_IDENTITY_HEADER, internal_token_for
 from services.registry import queries as rq
 from services.registry import schemas as rs
 from services.funds import api as fa
@@ -37,14 +48,16 @@ from services.funds import ledger_queries as fl
 from services.workflow import api as wa
 from services.workflow import queries as wq
 
+from .guard import BEARER, Caller, authorise, caller_of, denied_upstream
+
 router = APIRouter(prefix="/api/v1")
 
 _FORWARDED = ("idempotency-key", "if-match", "x-correlation-id", "content-type", "accept")
-_IDENTITY = ("x-tpa-actor", "x-tpa-role", "x-tpa-level", "x-tpa-jurisdiction")
 _RETURNED = ("content-type", "content-disposition", "etag", "x-correlation-id", "idempotent-replayed",
              "cache-control", "x-tpa-read-model", "location", "allow", "www-authenticate")
 UPLOAD_TIMEOUT = httpx.Timeout(600.0, connect=2.0)  # an import runs within its request
 _PARAM = re.compile(r"{(\w+)}")
+_REGION_PARAMS = ("village_code", "region", "code")
 
 
 class VillageCount(BaseModel):
@@ -55,15 +68,16 @@ class VillageCount(BaseModel):
 
 async def forward(request: Request, service: str, method: str, path: str, *, content: bytes | None = None,
                   query: str | None = None, timeout: httpx.Timeout | None = None,
-                  identity: bool = False) -> Response:
+                  principal: Principal | None = None) -> Response:
     runtime = runtime_of(request)
     client: httpx.AsyncClient = runtime.state["http"]
     base = getattr(runtime.settings, f"{service}_url")
     if not base:
         return problem(503, "upstream_not_configured", f"TPA_{service.upper()}_URL is not set")
-    allowed = _FORWARDED + _IDENTITY if identity else _FORWARDED
-    headers = {k: v for k, v in request.headers.items() if k.lower() in allowed}
+    headers = {k: v for k, v in request.headers.items() if k.lower() in _FORWARDED}
     headers["x-correlation-id"] = correlation_id.get() or headers.get("x-correlation-id", "")
+    headers[INTERNAL_IDENTITY_HEADER] = internal_token_for(principal, runtime.state["internal_keyring"],
+                                                           now=runtime.state["accounts"].now())
     url = base.rstrip("/") + path + (f"?{query}" if query else "")
     try:
         upstream = await client.request(method, url, content=content, headers=headers,
@@ -76,7 +90,7 @@ async def forward(request: Request, service: str, method: str, path: str, *, con
     return Response(upstream.content, status_code=upstream.status_code, headers=passed)
 
 
-_ERRORS = {code: {"model": rs.Problem} for code in (401, 403, 404, 409, 412, 422, 502, 503)}
+_ERRORS = {code: {"model": rs.Problem} for code in (401, 403, 404, 409, 412, 413, 422, 429, 502, 503)}
 # Path parameters that are not UUIDs (every other `*_id` is).
 _PATH_PARAMS: dict[str, tuple[Any, Any]] = {
     "village_code": (str, Path(pattern=VILLAGE_CODE_PATTERN)),
@@ -87,25 +101,46 @@ _PATH_PARAMS: dict[str, tuple[Any, Any]] = {
     "region": (str, Path(pattern=rq.REGION_CODE_PATTERN)),
     "quarter": (str, Path(pattern=r"^20[0-9]{2}-Q[1-4]$")),
 }
+AfterHook = Callable[[Request, Caller, Response, dict[str, Any]], Any]
+ROUTE_ACTIONS: dict[tuple[str, str], tuple[str, ...] | None] = {}
+"""Every forwarded route's actions (None: public), for the authorisation tests and the docs."""
 
 
-def route(method: str, path: str, service: str, *, body: type[BaseModel] | None = None,
+def route(method: str, path: str, service: str, *, action: str | tuple[str, ...] | None,
+          body: type[BaseModel] | None = None,
           query: type[BaseModel] | None = None, response_model: Any = None, status_code: int = 200,
           summary: str, tags: list[str], upstream: str | None = None, raw_body: bool = False,
           openapi_extra: dict[str, Any] | None = None, response_class: Any = None,
-          identity: bool = False) -> None:
-    """Declare a forwarded route with its real request/response models (for OpenAPI and validation)."""
+          after: AfterHook | None = None, description: str | None = None) -> None:
+    """Declare a forwarded route with its real request/response models (for OpenAPI and validation)
+    and the action(s) it needs (None: public)."""
     names = _PARAM.findall(path)
+    actions = (action,) if isinstance(action, str) else action
+    ROUTE_ACTIONS[(method, router.prefix + path)] = actions
 
     async def endpoint(request: Request, **kwargs: Any) -> Response:
+        caller = await caller_of(request, required=actions is not None)
+        if isinstance(caller, Response):
+            return caller
+        if actions is not None:
+            regions = [str(kwargs[n]) for n in names if n in _REGION_PARAMS]
+            refused = await authorise(request, caller, actions, regions)
+            if refused is not None:
+                return refused
         target = (upstream or path).format(**{n: quote(str(kwargs[n]), safe="") for n in names})
         payload = kwargs.get("body")
         if raw_body:  # uploads pass through untouched (the service checks size and format)
             content = await request.body()
         else:
             content = payload.model_dump_json(exclude_unset=True).encode() if payload is not None else None
-        return await forward(request, service, method, target, content=content, query=request.url.query or None,
-                             timeout=UPLOAD_TIMEOUT if raw_body else None, identity=identity)
+        response = await forward(request, service, method, target, content=content,
+                                 query=request.url.query or None, timeout=UPLOAD_TIMEOUT if raw_body else None,
+                                 principal=caller.principal if caller else None)
+        if caller is not None:
+            await denied_upstream(request, caller, response, actions)
+            if after is not None and 200 <= response.status_code < 300:
+                response = await after(request, caller, response, kwargs) or response
+        return response
 
     params = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)]
     for n in names:
@@ -123,50 +158,59 @@ def route(method: str, path: str, service: str, *, body: type[BaseModel] | None 
     for n in names:
         if n.endswith("_id") and n not in _PATH_PARAMS:
             route_path = route_path.replace("{%s}" % n, "{%s:uuid}" % n)
+    openapi_extra = dict(openapi_extra or {})
+    if actions is not None:
+        openapi_extra["security"] = [{BEARER: []}]
+        openapi_extra["x-tpa-actions"] = list(actions)
+    else:
+        openapi_extra["security"] = [{}, {BEARER: []}]
+    text = description or ""
+    text += ("\n\nNeeds " + " or ".join(f"`{a}`" for a in actions) + ".") if actions else "\n\nPublic."
     router.add_api_route(route_path, endpoint, methods=[method], response_model=response_model, status_code=status_code,
-                         summary=summary, tags=tags, responses=_ERRORS, openapi_extra=openapi_extra, **extra)
+                         summary=summary, description=text.strip(), tags=tags, responses=_ERRORS,
+                         openapi_extra=openapi_extra, **extra)
 
 
 H = ["households"]
-route("POST", "/households", "registry", body=rs.RegisterHousehold, response_model=rs.CommandAccepted,
+route("POST", "/households", "registry", action='household:write', body=rs.RegisterHousehold, response_model=rs.CommandAccepted,
       status_code=201, summary="Register a household with its members", tags=H)
-route("POST", "/households/{household_id}/members", "registry", body=rs.AddMember,
+route("POST", "/households/{household_id}/members", "registry", action='household:write', body=rs.AddMember,
       response_model=rs.CommandAccepted, summary="Add a member", tags=H)
-route("POST", "/households/{household_id}/members/{member_id}/removal", "registry", body=rs.RemoveMember,
+route("POST", "/households/{household_id}/members/{member_id}/removal", "registry", action='household:write', body=rs.RemoveMember,
       response_model=rs.CommandAccepted, summary="Remove a member", tags=H)
-route("PATCH", "/households/{household_id}/members/{member_id}", "registry", body=rs.MemberFacts,
+route("PATCH", "/households/{household_id}/members/{member_id}", "registry", action='household:write', body=rs.MemberFacts,
       response_model=rs.CommandAccepted, summary="Update a member's facts", tags=H)
-route("POST", "/households/{household_id}/members/{member_id}/erasure", "registry",
+route("POST", "/households/{household_id}/members/{member_id}/erasure", "registry", action='household:write',
       response_model=rs.CommandAccepted, summary="Erase a member's personal data", tags=H)
-route("POST", "/households/{household_id}/head", "registry", body=rs.ChangeHead,
+route("POST", "/households/{household_id}/head", "registry", action='household:write', body=rs.ChangeHead,
       response_model=rs.CommandAccepted, summary="Change the household head", tags=H)
-route("PUT", "/households/{household_id}/incomes/{year}", "registry", body=rs.IncomeAssessment,
+route("PUT", "/households/{household_id}/incomes/{year}", "registry", action='household:write', body=rs.IncomeAssessment,
       response_model=rs.CommandAccepted, summary="Record a year's income assessment", tags=H)
-route("PUT", "/households/{household_id}/conditions", "registry", body=rs.LivingConditions,
+route("PUT", "/households/{household_id}/conditions", "registry", action='household:write', body=rs.LivingConditions,
       response_model=rs.CommandAccepted, summary="Assess living conditions", tags=H)
-route("PUT", "/households/{household_id}/causes", "registry", body=rs.PovertyCauses,
+route("PUT", "/households/{household_id}/causes", "registry", action='household:write', body=rs.PovertyCauses,
       response_model=rs.CommandAccepted, summary="Record poverty causes", tags=H)
-route("POST", "/households/{household_id}/cadres", "registry", body=rs.AssignCadre,
+route("POST", "/households/{household_id}/cadres", "registry", action='household:write', body=rs.AssignCadre,
       response_model=rs.CommandAccepted, summary="Assign an assistance cadre", tags=H)
-route("POST", "/households/{household_id}/cadres/{cadre_id}/release", "registry", body=rs.ReleaseCadre,
+route("POST", "/households/{household_id}/cadres/{cadre_id}/release", "registry", action='household:write', body=rs.ReleaseCadre,
       response_model=rs.CommandAccepted, summary="Release an assistance cadre", tags=H)
-route("PUT", "/households/{household_id}/plans/{year}", "registry", body=rs.AssistancePlan,
+route("PUT", "/households/{household_id}/plans/{year}", "registry", action='household:write', body=rs.AssistancePlan,
       response_model=rs.CommandAccepted, summary="Record a year's assistance plan", tags=H)
-route("PUT", "/households/{household_id}/coordinates", "registry", body=rs.Coordinates,
+route("PUT", "/households/{household_id}/coordinates", "registry", action='household:write', body=rs.Coordinates,
       response_model=rs.CommandAccepted, summary="Set the household's coordinates", tags=H)
-route("POST", "/households/{household_id}/change-requests", "registry", body=rs.ChangeRequestBody,
-      response_model=rs.ChangeRequestAccepted, status_code=201, identity=True,
+route("POST", "/households/{household_id}/change-requests", "registry", action='household:write', body=rs.ChangeRequestBody,
+      response_model=rs.ChangeRequestAccepted, status_code=201,
       summary="Ask for a change to household data (applied once a data_change case approves it)", tags=H)
-route("GET", "/households/{household_id}/change-requests", "registry", response_model=rs.ChangeRequestList,
+route("GET", "/households/{household_id}/change-requests", "registry", action='household:read', response_model=rs.ChangeRequestList,
       summary="A household's change requests, newest first", tags=H)
-route("GET", "/households/{household_id}/change-requests/{change_request_id}", "registry",
+route("GET", "/households/{household_id}/change-requests/{change_request_id}", "registry", action='household:read',
       response_model=rs.ChangeRequestView, summary="One change request with its proposed values", tags=H)
-route("POST", "/households/{household_id}/status-decisions", "registry", body=rs.StatusDecision,
+route("POST", "/households/{household_id}/status-decisions", "registry", action='case:decide', body=rs.StatusDecision,
       response_model=rs.CommandAccepted, summary="Apply a review decision's status effect", tags=H)
-route("PUT", "/villages/{village_code}/profile", "registry", body=rs.VillageProfile,
+route("PUT", "/villages/{village_code}/profile", "registry", action='household:write', body=rs.VillageProfile,
       summary="Record a dated village profile", tags=["villages"])
-route("GET", "/code-lists", "registry", summary="Registry code lists with Chinese labels", tags=["reference"])
-route("GET", "/villages/{village_code}/households", "monitoring", response_model=VillageCount,
+route("GET", "/code-lists", "registry", action=None, summary="Registry code lists with Chinese labels", tags=["reference"])
+route("GET", "/villages/{village_code}/households", "monitoring", action='household:read', response_model=VillageCount,
       summary="Registered households and people in a village (monitoring)", tags=["dashboards"])
 
 
@@ -190,7 +234,30 @@ class SearchQuery(BaseModel):
 class LedgerQuery(BaseModel):
     model_config = {"extra": "forbid"}
 
-    personal: bool = False
+    personal: bool = Field(default=False, description="Add names, ID numbers and phones (needs "
+                           "`household:read_personal` and a `purpose`; the read is recorded in the access log).")
+    purpose: str | None = Field(default=None, min_length=1, max_length=500, pattern=r"^[^\u0000]*\S[^\u0000]*$",
+                                description="Why the personal data is needed (required with personal=true).")
+
+    @model_validator(mode="after")
+    def _purpose_with_personal(self) -> "LedgerQuery":
+        if self.personal and not self.purpose:
+            raise ValueError("reading personal data needs a stated purpose")
+        return self
+
+
+async def _audit_personal_ledger(request: Request, caller: Caller, response: Response,
+                                 kwargs: dict[str, Any]) -> None:
+    """Record the disclosure of a household's personal data (one record per household and member)."""
+    query: LedgerQuery = kwargs["query"]
+    if not query.personal:
+        return
+    doc = json.loads(response.body)
+    members = [m["member_id"] for m in doc.get("members", [])
+               if (m.get("personal") or {}).get("erased") is False]
+    await runtime_of(request).state["accounts"].record_access(
+        caller.principal, route=f"GET {request.url.path}", purpose=query.purpose or "",
+        records=[doc["household_id"], *members], count=max(1, len(members)))
 
 
 class TemplateQuery(BaseModel):
@@ -206,31 +273,32 @@ class ImportQuery(BaseModel):
 
 
 L = ["ledger"]
-route("GET", "/households", "registry", query=SearchQuery, response_model=rq.HouseholdPage,
+route("GET", "/households", "registry", action='household:read', query=SearchQuery, response_model=rq.HouseholdPage,
       summary="Search households (summary rows without personal data)", tags=L)
-route("POST", "/households/search", "registry", body=rq.SearchRequest, response_model=rq.HouseholdPage,
+route("POST", "/households/search", "registry", action='household:read', body=rq.SearchRequest, response_model=rq.HouseholdPage,
       summary="Search households, filters in the body (ID-number searches)", tags=L)
-route("GET", "/households/{household_id}", "registry", query=LedgerQuery, response_model=rq.HouseholdLedgerView,
-      summary="The household ledger (members masked)", tags=L)
-route("GET", "/villages/{village_code}/statistics", "registry", response_model=rq.Statistics,
+route("GET", "/households/{household_id}", "registry", action='household:read', query=LedgerQuery,
+      response_model=rq.HouseholdLedgerView, after=_audit_personal_ledger,
+      summary="The household ledger (members masked; with personal=true, names, ID numbers and phones)", tags=L)
+route("GET", "/villages/{village_code}/statistics", "registry", action='household:read', response_model=rq.Statistics,
       summary="Village statistics: status, incidence, causes", tags=L)
-route("GET", "/regions/{code}/statistics", "registry", response_model=rq.Statistics,
+route("GET", "/regions/{code}/statistics", "registry", action='household:read', response_model=rq.Statistics,
       summary="County or township statistics", tags=L)
 I = ["imports"]
 _BINARY = {"content": {
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {"schema": {"type": "string",
                                                                                      "format": "binary"}},
     "text/csv": {"schema": {"type": "string"}}}}
-route("GET", "/imports/template", "registry", query=TemplateQuery, summary="Download the import template",
+route("GET", "/imports/template", "registry", action='household:write', query=TemplateQuery, summary="Download the import template",
       tags=I, response_class=Response, openapi_extra={"responses": {"200": {"description": "The template",
                                                                            **_BINARY}}})
-route("POST", "/imports/households", "registry", query=ImportQuery, raw_body=True,
+route("POST", "/imports/households", "registry", action='household:write', query=ImportQuery, raw_body=True,
       summary="Import households from a filled template (multipart field `file`)", tags=I,
       openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
           "type": "object", "required": ["file"],
           "properties": {"file": {"type": "string", "format": "binary"}}}}}}})
-route("GET", "/imports/{import_id}", "registry", summary="An import's report", tags=I)
-route("GET", "/imports/{import_id}/errors.csv", "registry", summary="An import's errors as CSV", tags=I,
+route("GET", "/imports/{import_id}", "registry", action='household:write', summary="An import's report", tags=I)
+route("GET", "/imports/{import_id}/errors.csv", "registry", action='household:write', summary="An import's errors as CSV", tags=I,
       response_class=Response, openapi_extra={"responses": {"200": {"description": "CSV",
                                                                    "content": {"text/csv": {}}}}})
 
@@ -263,34 +331,34 @@ class BoardQuery(BaseModel):
 
 
 W = ["cases"]
-route("POST", "/cases", "workflow", body=wa.OpenCase, response_model=wa.CaseAccepted, status_code=201,
-      summary="Open a review case for a household", tags=W, identity=True)
-route("GET", "/cases", "workflow", query=CaseQuery, response_model=wq.CasePage,
+route("POST", "/cases", "workflow", action='case:open', body=wa.OpenCase, response_model=wa.CaseAccepted, status_code=201,
+      summary="Open a review case for a household", tags=W)
+route("GET", "/cases", "workflow", action='case:read', query=CaseQuery, response_model=wq.CasePage,
       summary="List cases by region, type, step, status, overdue", tags=W)
-route("GET", "/cases/{case_id}", "workflow", summary="One case, from the event store", tags=W)
-route("GET", "/cases/{case_id}/timeline", "workflow", response_model=wq.Timeline,
+route("GET", "/cases/{case_id}", "workflow", action='case:read', summary="One case, from the event store", tags=W)
+route("GET", "/cases/{case_id}/timeline", "workflow", action='case:read', response_model=wq.Timeline,
       summary="Every event of a case, in order", tags=W)
-route("POST", "/cases/{case_id}/decisions", "workflow", body=wa.Decide, response_model=wa.CaseAccepted,
-      summary="Decide the current step: approve, reject or return", tags=W, identity=True)
-route("POST", "/batch-decisions", "workflow", body=wa.BatchDecide, response_model=wa.BatchAccepted,
-      summary="Decide the same step of many cases of one village, all or nothing", tags=W, identity=True)
-route("POST", "/cases/{case_id}/comparisons", "workflow", body=wa.RecordComparisons,
+route("POST", "/cases/{case_id}/decisions", "workflow", action='case:decide', body=wa.Decide, response_model=wa.CaseAccepted,
+      summary="Decide the current step: approve, reject or return", tags=W)
+route("POST", "/batch-decisions", "workflow", action='case:decide', body=wa.BatchDecide, response_model=wa.BatchAccepted,
+      summary="Decide the same step of many cases of one village, all or nothing", tags=W)
+route("POST", "/cases/{case_id}/comparisons", "workflow", action=('case:decide', 'inbound:comparison_results'), body=wa.RecordComparisons,
       response_model=wa.CaseAccepted, summary="Record data comparison results (county office, departments)",
-      tags=W, identity=True)
-route("POST", "/cases/{case_id}/escalation", "workflow", body=wa.Escalate, response_model=wa.CaseAccepted,
-      summary="Pass an assistance need up a level", tags=W, identity=True)
-route("POST", "/cases/{case_id}/resolution", "workflow", body=wa.Resolve, response_model=wa.CaseAccepted,
-      summary="Answer an assistance need with what was done", tags=W, identity=True)
-route("GET", "/inbox", "workflow", query=InboxQuery, response_model=wq.CasePage,
-      summary="Cases waiting for my role and level in my jurisdiction", tags=W, identity=True)
-route("GET", "/case-types", "workflow", summary="Case type definitions in force", tags=["reference"])
+      tags=W)
+route("POST", "/cases/{case_id}/escalation", "workflow", action='case:decide', body=wa.Escalate, response_model=wa.CaseAccepted,
+      summary="Pass an assistance need up a level", tags=W)
+route("POST", "/cases/{case_id}/resolution", "workflow", action='case:decide', body=wa.Resolve, response_model=wa.CaseAccepted,
+      summary="Answer an assistance need with what was done", tags=W)
+route("GET", "/inbox", "workflow", action='case:read', query=InboxQuery, response_model=wq.CasePage,
+      summary="Cases waiting for my role and level in my jurisdiction", tags=W)
+route("GET", "/case-types", "workflow", action=None, summary="Case type definitions in force", tags=["reference"])
 N = ["notices"]
-route("GET", "/villages/{village_code}/notices", "workflow", query=BoardQuery, response_model=wq.NoticeBoard,
+route("GET", "/villages/{village_code}/notices", "workflow", action=None, query=BoardQuery, response_model=wq.NoticeBoard,
       summary="Public notice board of a village (masked names only)", tags=N)
-route("POST", "/cases/{case_id}/objections", "workflow", body=wa.FileObjection, response_model=wa.CaseAccepted,
+route("POST", "/cases/{case_id}/objections", "workflow", action=None, body=wa.FileObjection, response_model=wa.CaseAccepted,
       status_code=201, summary="Object to a running public notice (anyone; name optional)", tags=N)
-route("POST", "/cases/{case_id}/objections/{objection_id}/resolution", "workflow", body=wa.ResolveObjection,
-      response_model=wa.CaseAccepted, summary="Record the finding on an objection", tags=N, identity=True)
+route("POST", "/cases/{case_id}/objections/{objection_id}/resolution", "workflow", action='case:decide', body=wa.ResolveObjection,
+      response_model=wa.CaseAccepted, summary="Record the finding on an objection", tags=N)
 
 
 class StatementQuery(BaseModel):
@@ -309,44 +377,44 @@ class AnomalyQuery(BaseModel):
 
 
 F = ["funds"]
-route("POST", "/allocations", "funds", body=fa.CreateAllocation, response_model=fa.Accepted, status_code=201,
-      summary="Create an allocation (a budget line)", tags=F, identity=True)
-route("POST", "/allocations/{allocation_id}/adjustments", "funds", body=fa.AdjustAllocation,
-      response_model=fa.Accepted, summary="Adjust an allocation's amount", tags=F, identity=True)
-route("GET", "/allocations/{allocation_id}", "funds", summary="An allocation: amount, reserved, spent, available",
+route("POST", "/allocations", "funds", action='funds:manage', body=fa.CreateAllocation, response_model=fa.Accepted, status_code=201,
+      summary="Create an allocation (a budget line)", tags=F)
+route("POST", "/allocations/{allocation_id}/adjustments", "funds", action='funds:manage', body=fa.AdjustAllocation,
+      response_model=fa.Accepted, summary="Adjust an allocation's amount", tags=F)
+route("GET", "/allocations/{allocation_id}", "funds", action='funds:read', summary="An allocation: amount, reserved, spent, available",
       tags=F)
-route("POST", "/projects", "funds", body=fa.DeclareProject, response_model=fa.Accepted, status_code=201,
-      summary="Declare a project", tags=F, identity=True)
-for _path, _model, _summary in (
-        ("review", fa.Review, "Record a project's review"),
-        ("approval", fa.ApproveProject, "Approve a project with its funding lines"),
-        ("rejection", fa.Reason, "Reject a project"),
-        ("start", fa.StartProject, "Start a project"),
-        ("milestones", fa.Milestone, "Record a project milestone"),
-        ("completion", fa.CompleteProject, "Complete a project"),
-        ("acceptance", None, "Accept a completed project"),
-        ("cancellation", fa.Reason, "Cancel a project")):
-    route("POST", f"/projects/{{project_id}}/{_path}", "funds", body=_model, response_model=fa.Accepted,
-          summary=_summary, tags=F, identity=True)
-route("GET", "/projects/{project_id}", "funds", summary="A project: budget, funding, committed, paid", tags=F)
-route("POST", "/disbursements", "funds", body=fa.RequestDisbursement, response_model=fa.Accepted, status_code=201,
-      summary="Request a payment under a policy or a project", tags=F, identity=True)
-route("POST", "/disbursements/{disbursement_id}/approval", "funds", body=fa.ApproveDisbursement,
-      response_model=fa.Accepted, summary="Approve a payment (reserves the amount)", tags=F, identity=True)
-route("POST", "/disbursements/{disbursement_id}/payment", "funds", body=fa.PayDisbursement,
-      response_model=fa.Accepted, summary="Record the channel's payment", tags=F, identity=True)
-route("POST", "/disbursements/{disbursement_id}/failure", "funds", body=fa.Reason, response_model=fa.Accepted,
-      summary="Refuse a payment or record a failed attempt", tags=F, identity=True)
-route("POST", "/disbursements/{disbursement_id}/reversal", "funds", body=fa.Reason, response_model=fa.Accepted,
-      summary="Reverse a paid payment", tags=F, identity=True)
-route("GET", "/disbursements/{disbursement_id}", "funds", summary="A disbursement", tags=F)
-route("POST", "/statements", "funds", query=StatementQuery, raw_body=True, status_code=201, identity=True,
+route("POST", "/projects", "funds", action='funds:declare', body=fa.DeclareProject, response_model=fa.Accepted, status_code=201,
+      summary="Declare a project", tags=F)
+for _path, _model, _summary, _action in (
+        ("review", fa.Review, "Record a project's review", "funds:review"),
+        ("approval", fa.ApproveProject, "Approve a project with its funding lines", "funds:manage"),
+        ("rejection", fa.Reason, "Reject a project", "funds:manage"),
+        ("start", fa.StartProject, "Start a project", "funds:declare"),
+        ("milestones", fa.Milestone, "Record a project milestone", "funds:declare"),
+        ("completion", fa.CompleteProject, "Complete a project", "funds:declare"),
+        ("acceptance", None, "Accept a completed project", "funds:manage"),
+        ("cancellation", fa.Reason, "Cancel a project", "funds:manage")):
+    route("POST", f"/projects/{{project_id}}/{_path}", "funds", action=_action, body=_model, response_model=fa.Accepted,
+          summary=_summary, tags=F)
+route("GET", "/projects/{project_id}", "funds", action='funds:read', summary="A project: budget, funding, committed, paid", tags=F)
+route("POST", "/disbursements", "funds", action='funds:request', body=fa.RequestDisbursement, response_model=fa.Accepted, status_code=201,
+      summary="Request a payment under a policy or a project", tags=F)
+route("POST", "/disbursements/{disbursement_id}/approval", "funds", action='funds:manage', body=fa.ApproveDisbursement,
+      response_model=fa.Accepted, summary="Approve a payment (reserves the amount)", tags=F)
+route("POST", "/disbursements/{disbursement_id}/payment", "funds", action='funds:pay', body=fa.PayDisbursement,
+      response_model=fa.Accepted, summary="Record the channel's payment", tags=F)
+route("POST", "/disbursements/{disbursement_id}/failure", "funds", action='funds:pay', body=fa.Reason, response_model=fa.Accepted,
+      summary="Refuse a payment or record a failed attempt", tags=F)
+route("POST", "/disbursements/{disbursement_id}/reversal", "funds", action='funds:pay', body=fa.Reason, response_model=fa.Accepted,
+      summary="Reverse a paid payment", tags=F)
+route("GET", "/disbursements/{disbursement_id}", "funds", action='funds:read', summary="A disbursement", tags=F)
+route("POST", "/statements", "funds", action='funds:pay', query=StatementQuery, raw_body=True, status_code=201,
       summary="Import a payment channel's statement (CSV) and reconcile it", tags=F,
       openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}})
-route("GET", "/statements/{statement_id}", "funds", summary="An imported statement and its exceptions", tags=F)
-route("GET", "/anomalies", "funds", query=AnomalyQuery, response_model=fa.AnomalyPage,
+route("GET", "/statements/{statement_id}", "funds", action='funds:read', summary="An imported statement and its exceptions", tags=F)
+route("GET", "/anomalies", "funds", action='funds:read', query=AnomalyQuery, response_model=fa.AnomalyPage,
       summary="Anomalies found by the funds rules", tags=F)
-route("GET", "/policies", "funds", summary="The policy catalogue with its dated standards", tags=["reference"])
+route("GET", "/policies", "funds", action=None, summary="The policy catalogue with its dated standards", tags=["reference"])
 
 
 class YearQuery(BaseModel):
@@ -359,15 +427,15 @@ class TotalsQuery(YearQuery):
     source: Literal["central", "provincial", "city", "county", "social_donation"] | None = None
 
 
-route("GET", "/allocations/{allocation_id}/balance", "funds", response_model=fl.AllocationBalance,
+route("GET", "/allocations/{allocation_id}/balance", "funds", action='funds:read', response_model=fl.AllocationBalance,
       summary="An allocation's balance from the ledger", tags=["ledger"])
-route("GET", "/projects/{project_id}/budget", "funds", response_model=fl.ProjectBudget,
+route("GET", "/projects/{project_id}/budget", "funds", action='funds:read', response_model=fl.ProjectBudget,
       summary="A project's budget against its payments (ledger)", tags=["ledger"])
-route("GET", "/households/{household_id}/funds", "funds", query=YearQuery, response_model=fl.HouseholdFunds,
+route("GET", "/households/{household_id}/funds", "funds", action='funds:read', query=YearQuery, response_model=fl.HouseholdFunds,
       summary="What a household received, by policy or project and year", tags=["ledger"])
-route("GET", "/villages/{village_code}/disclosure", "funds", query=YearQuery, response_model=fl.VillageDisclosure,
+route("GET", "/villages/{village_code}/disclosure", "funds", action=None, query=YearQuery, response_model=fl.VillageDisclosure,
       summary="A village's public disclosure of projects and fund use (no personal data)", tags=["ledger"])
-route("GET", "/ledger/totals", "funds", query=TotalsQuery, response_model=fl.LedgerTotals,
+route("GET", "/ledger/totals", "funds", action='funds:read', query=TotalsQuery, response_model=fl.LedgerTotals,
       summary="Ledger totals by source and year", tags=["ledger"])
 
 
@@ -378,7 +446,7 @@ class DashboardQuery(BaseModel):
     limit: int = Field(default=500, ge=1, le=5000)
 
 
-route("GET", "/dashboards/{region}", "monitoring", query=DashboardQuery, response_model=md.RegionDashboard,
+route("GET", "/dashboards/{region}", "monitoring", action='alerts:read', query=DashboardQuery, response_model=md.RegionDashboard,
       summary="Households, incidence, causes, funds and review cases of a region (any level)", tags=["dashboards"])
 
 
@@ -388,11 +456,11 @@ class AttendanceBatch(BaseModel):
     items: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
 
 
-route("POST", "/attendance/batches", "monitoring", body=AttendanceBatch, identity=True,
+route("POST", "/attendance/batches", "monitoring", action='attendance:record', body=AttendanceBatch,
       summary="Record an offline batch of a cadre's attendance (items answered one by one)", tags=["attendance"])
-route("GET", "/cadres/{cadre_id}/compliance/{quarter}", "monitoring",
+route("GET", "/cadres/{cadre_id}/compliance/{quarter}", "monitoring", action='alerts:read',
       summary="The duties a cadre missed in an ended quarter", tags=["attendance"])
-route("POST", "/cadres/{cadre_id}/compliance/{quarter}", "monitoring", identity=True,
+route("POST", "/cadres/{cadre_id}/compliance/{quarter}", "monitoring", action='alerts:manage',
       summary="Publish a cadre's missed duties of an ended quarter", tags=["attendance"])
 
 
@@ -409,16 +477,16 @@ class AlertQuery(BaseModel):
 
 
 A = ["alerts"]
-route("POST", "/households/{household_id}/risk-reports", "monitoring", body=ma.RiskReport, status_code=201,
-      identity=True, summary="Report a risk for a household (the rules run at once)", tags=A)
-route("GET", "/alerts", "monitoring", query=AlertQuery, response_model=ma.AlertPage,
+route("POST", "/households/{household_id}/risk-reports", "monitoring", action=('household:write', 'alerts:manage'), body=ma.RiskReport, status_code=201,
+      summary="Report a risk for a household (the rules run at once)", tags=A)
+route("GET", "/alerts", "monitoring", action='alerts:read', query=AlertQuery, response_model=ma.AlertPage,
       summary="Return-risk alerts by region, severity, state, rule and age", tags=A)
-route("GET", "/alerts/{alert_id}", "monitoring", summary="One alert", tags=A)
-route("POST", "/alerts/{alert_id}/acknowledgement", "monitoring", body=ma.Acknowledge, identity=True,
+route("GET", "/alerts/{alert_id}", "monitoring", action='alerts:read', summary="One alert", tags=A)
+route("POST", "/alerts/{alert_id}/acknowledgement", "monitoring", action='alerts:manage', body=ma.Acknowledge,
       summary="Acknowledge an alert", tags=A)
-route("POST", "/alerts/{alert_id}/verification-request", "monitoring", identity=True,
+route("POST", "/alerts/{alert_id}/verification-request", "monitoring", action='alerts:manage',
       summary="Request on-site verification (the workflow opens a case)", tags=A)
-route("POST", "/alerts/{alert_id}/resolution", "monitoring", body=ma.Resolve, identity=True,
+route("POST", "/alerts/{alert_id}/resolution", "monitoring", action='alerts:manage', body=ma.Resolve,
       summary="Resolve an alert", tags=A)
 
 
@@ -429,6 +497,8 @@ class StreamQuery(BaseModel):
 
 
 @router.get("/alerts/stream", tags=A, summary="Alert events as Server-Sent Events (resumable with Last-Event-ID)",
+            description="Needs `alerts:read`.", openapi_extra={"security": [{BEARER: []}],
+                                                              "x-tpa-actions": ["alerts:read"]},
             response_class=Response, responses={200: {"description": "text/event-stream of alert events",
                                                       "content": {"text/event-stream": {}}}})
 async def alert_stream(request: Request, query: Annotated[StreamQuery, Query()]) -> Response:
@@ -437,11 +507,18 @@ async def alert_stream(request: Request, query: Annotated[StreamQuery, Query()])
     from starlette.responses import StreamingResponse
 
     runtime = runtime_of(request)
+    caller = await caller_of(request, required=True)
+    if isinstance(caller, Response):
+        return caller
+    if (refused := await authorise(request, caller, ("alerts:read",), ())) is not None:
+        return refused
     base = runtime.settings.monitoring_url
     if not base:
         return problem(503, "upstream_not_configured", "TPA_MONITORING_URL is not set")
     headers = {k: v for k, v in request.headers.items() if k.lower() in ("last-event-id", "accept")}
     headers["x-correlation-id"] = correlation_id.get() or ""
+    headers[INTERNAL_IDENTITY_HEADER] = internal_token_for(caller.principal, runtime.state["internal_keyring"],
+                                                           now=runtime.state["accounts"].now())
     client: httpx.AsyncClient = runtime.state["http"]
     upstream_request = client.build_request("GET", base.rstrip("/") + "/alerts/stream", headers=headers,
                                             params=request.query_params,
@@ -459,10 +536,10 @@ async def alert_stream(request: Request, query: Annotated[StreamQuery, Query()])
 SubscribeBody = ma_delivery.Subscribe
 
 
-route("POST", "/webhooks", "monitoring", body=SubscribeBody, status_code=201, identity=True,
+route("POST", "/webhooks", "monitoring", action='alerts:manage', body=SubscribeBody, status_code=201,
       summary="Subscribe an endpoint to alert events (signed; the secret is returned once)", tags=A)
-route("GET", "/webhooks", "monitoring", summary="Webhook subscriptions", tags=A)
-route("DELETE", "/webhooks/{subscription_id}", "monitoring", status_code=204, identity=True,
+route("GET", "/webhooks", "monitoring", action='alerts:manage', summary="Webhook subscriptions", tags=A)
+route("DELETE", "/webhooks/{subscription_id}", "monitoring", action='alerts:manage', status_code=204,
       summary="Deactivate a webhook subscription", tags=A)
-route("GET", "/webhooks/{subscription_id}/deliveries", "monitoring",
+route("GET", "/webhooks/{subscription_id}/deliveries", "monitoring", action='alerts:manage',
       summary="A subscription's deliveries with their attempts", tags=A)

@@ -6,16 +6,18 @@ import json
 import uuid
 from typing import Annotated, Any, Awaitable, Callable
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from eventkit.events import Metadata, RecordedEvent
 from eventkit.idempotency import CommandResult
-from eventkit.runtime import domain_problem, idempotent, problem, runtime_of
+from eventkit.runtime import (domain_problem, idempotent, principal_of, problem, require_covers, required_actor,
+                              runtime_of)
 from eventkit.telemetry import correlation_id
 
 from . import changes, codes
 from .commands import MemberInput, Registry
+from .queries import household_village
 from .domain import DomainError, Household
 from .schemas import (
     AddMember, AssignCadre, AssistancePlan, ChangeHead, ChangeRequestAccepted, ChangeRequestBody, ChangeRequestList,
@@ -37,7 +39,8 @@ def registry_of(request: Request) -> Registry:
 
 
 def metadata(request: Request) -> Metadata:
-    return Metadata(actor=request.headers.get("x-tpa-actor"), correlation_id=correlation_id.get())
+    principal = principal_of(request)
+    return Metadata(actor=principal.id if principal else None, correlation_id=correlation_id.get())
 
 
 def if_match(request: Request) -> int | None:
@@ -74,6 +77,7 @@ async def _command(request: Request, household_id: uuid.UUID, body: Any,
 
         async def handle(conn) -> CommandResult:
             household = await reg.load(conn, str(household_id), expected)
+            require_covers(request, household.village_code, f"household {household_id}")
             out = await action(reg, conn, household, metadata(request))
             ids, recorded = out if isinstance(out, tuple) else ({}, out)
             return _accepted(status, household, recorded, **ids)
@@ -94,6 +98,10 @@ def _version(response: JSONResponse) -> int:
              summary="Register a household with its members")
 async def register_household(body: RegisterHousehold, request: Request):
     reg = registry_of(request)
+    try:
+        require_covers(request, body.village_code, f"village {body.village_code}")
+    except DomainError as exc:
+        return domain_problem(exc)
 
     async def handle(conn) -> CommandResult:
         household, recorded = await reg.register_household(
@@ -225,10 +233,6 @@ async def erase_member(household_id: uuid.UUID, member_id: uuid.UUID, request: R
 
 # -- change requests -------------------------------------------------------------------
 
-ACTOR_HEADER = Header(None, alias="x-tpa-actor", description="User id of the requesting cadre (required; "
-                                                             "asserted until the gateway authenticates, ADR 0010).")
-
-
 def _change_request_path(household_id: str, change_request_id: str) -> str:
     return f"/households/{household_id}/change-requests/{change_request_id}"
 
@@ -236,12 +240,11 @@ def _change_request_path(household_id: str, change_request_id: str) -> str:
 @router.post("/households/{household_id}/change-requests", status_code=201, response_model=ChangeRequestAccepted,
              responses={**ERRORS, 401: {"model": Problem}},
              summary="Propose a change to household data (counts once a data_change case approves it)")
-async def request_change(household_id: uuid.UUID, body: ChangeRequestBody, request: Request,
-                         actor: str | None = ACTOR_HEADER):
-    cadre = (actor or "").strip()
-    if not cadre:
-        return domain_problem(DomainError(
-            "unauthenticated", "a change request needs the requesting cadre's identity (X-TPA-Actor)", 401))
+async def request_change(household_id: uuid.UUID, body: ChangeRequestBody, request: Request):
+    try:
+        cadre = required_actor(request, "a change request")
+    except DomainError as exc:
+        return domain_problem(exc)
     change = body.root
     target = str(change.target) if change.target is not None else None
     proposed = changes.stored(change.changes)
@@ -280,10 +283,25 @@ async def _household_missing(conn: Any, household_id: uuid.UUID) -> JSONResponse
                    household_id=str(household_id))
 
 
+async def _outside(request: Request, household_id: uuid.UUID) -> JSONResponse | None:
+    """A 403 problem when the household lies outside the caller's jurisdiction (None otherwise, also
+    for a household not registered: the query answers that)."""
+    village = await household_village(runtime_of(request).pool, household_id)
+    if village is None:
+        return None
+    try:
+        require_covers(request, village, f"household {household_id}")
+    except DomainError as exc:
+        return domain_problem(exc)
+    return None
+
+
 @router.get("/households/{household_id}/change-requests", response_model=ChangeRequestList,
             responses={404: {"model": Problem}}, summary="The household's change requests, newest first")
 async def list_change_requests(request: Request, household_id: uuid.UUID,
                                status: ChangeStatus | None = Query(None, description="Only requests in this status.")):
+    if (refused := await _outside(request, household_id)) is not None:
+        return refused
     async with runtime_of(request).pool.acquire() as conn:
         rows = await conn.fetch(
             f"SELECT {_CHANGE_REQUEST_COLUMNS} FROM change_requests WHERE household_id = $1"
@@ -298,6 +316,8 @@ async def list_change_requests(request: Request, household_id: uuid.UUID,
 @router.get("/households/{household_id}/change-requests/{change_request_id}", response_model=ChangeRequestView,
             responses={404: {"model": Problem}}, summary="One change request with its proposed values")
 async def get_change_request(request: Request, household_id: uuid.UUID, change_request_id: uuid.UUID):
+    if (refused := await _outside(request, household_id)) is not None:
+        return refused
     row = await runtime_of(request).pool.fetchrow(
         f"SELECT {_CHANGE_REQUEST_COLUMNS} FROM change_requests WHERE household_id = $1 AND id = $2",
         household_id, change_request_id)
@@ -314,6 +334,10 @@ async def update_village_profile(village_code: str, body: VillageProfile, reques
     from . import regions
 
     reg = registry_of(request)
+    try:
+        require_covers(request, village_code, f"village {village_code}")
+    except DomainError as exc:
+        return domain_problem(exc)
 
     async def handle(conn) -> CommandResult:
         try:

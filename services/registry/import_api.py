@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from eventkit.runtime import problem, runtime_of
+from eventkit.runtime import current_principal, principal_of, problem, runtime_of
 from eventkit.telemetry import correlation_id
 
 from . import importer
@@ -107,7 +107,8 @@ async def _upload(request: Request) -> tuple[str | None, bytes]:
 
 
 def _actor(request: Request) -> str | None:
-    return request.headers.get("x-tpa-actor")
+    principal = principal_of(request)
+    return principal.id if principal is not None else None
 
 
 @router.post("/imports/households", summary="Import households from a filled template (XLSX or CSV)",
@@ -129,7 +130,8 @@ async def import_households(request: Request, skip_invalid: bool = Query(
     try:
         report = await importer.import_file(
             registry, runtime.pool, data, file_name=file_name, skip_invalid=skip_invalid,
-            actor=_actor(request), correlation_id=correlation_id.get())
+            actor=_actor(request), correlation_id=correlation_id.get(),
+            covers=current_principal(request, "an import").covers)
     except importer.ImportFileError as exc:
         status = 413 if exc.code == "file_too_large" else 415 if exc.code == "unsupported_format" else 422
         return problem(status, exc.code, str(exc))

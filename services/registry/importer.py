@@ -973,9 +973,10 @@ def _sorted(errors: list[RowError]) -> list[RowError]:
 
 
 async def validate(parsed: ParsedFile, conn: Any = None, *, hmac_key: bytes | None = None,
-                   today: date | None = None) -> Validation:
-    """Validate the whole file. With a connection, also: unknown villages, households
-    already imported, and persons already active in another household (needs ``hmac_key``)."""
+                   today: date | None = None, covers: Callable[[str], bool] | None = None) -> Validation:
+    """Validate the whole file. With a connection, also: unknown villages, villages the importer's
+    jurisdiction does not ``covers``, households already imported, and persons already active in
+    another household (needs ``hmac_key``)."""
     result = check(parsed, today=today)
     if conn is None:
         return result
@@ -994,6 +995,9 @@ async def validate(parsed: ParsedFile, conn: Any = None, *, hmac_key: bytes | No
                 known[code] = str(exc)
         if known[code] is not None:
             err.add(HOUSEHOLDS, plan.row, "village_code", known[code], "unknown_village", plan)
+        elif covers is not None and not covers(code):
+            err.add(HOUSEHOLDS, plan.row, "village_code", f"village {code} is outside the importer's jurisdiction",
+                    "outside_jurisdiction", plan)
     # already imported
     ids = [p.household_id for p in result.plans if p.household_id]
     if ids:
@@ -1172,6 +1176,7 @@ async def import_file(
     skip_invalid: bool = False, actor: str | None = None, batch_size: int = 50,
     progress: Progress | None = None, today: date | None = None, import_id: str | None = None,
     correlation_id: str | None = None, max_bytes: int | None = MAX_FILE_BYTES,
+    covers: Callable[[str], bool] | None = None,
 ) -> ImportReport:
     """Parse, validate and import a file; the report says what happened.
 
@@ -1186,7 +1191,7 @@ async def import_file(
         if progress:
             progress("validating", 0, len(parsed.households))
         async with pool.acquire() as conn:
-            result = await validate(parsed, conn, hmac_key=registry.hmac_key, today=today)
+            result = await validate(parsed, conn, hmac_key=registry.hmac_key, today=today, covers=covers)
         report.households_in_file = len(result.plans)
         report.members_in_file = result.members_in_file
         report.errors = list(result.errors)

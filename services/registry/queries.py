@@ -2,12 +2,10 @@
 
 * ``GET /households/{id}``: the household ledger. Members are masked. With
   ``?personal=true`` the vault's names, ID numbers and phones are joined in, but
-  only when the request carries ``x-tpa-personal-data: allowed``. That header is
-  the gateway's statement that it has authorised the caller to see personal data
-  (its own role and scope checks, a later issue); the registry does no
-  authorisation of its own, so it must be reachable only through the gateway,
-  which never forwards the header from a client.
-* ``GET /households``: search; summary rows never contain personal data.
+  only for a caller allowed ``household:read_personal`` (the gateway records the
+  read in the access log). A household outside the caller's jurisdiction is a 403.
+* ``GET /households``: search within the caller's jurisdiction; summary rows never
+  contain personal data.
 * ``GET /villages/{code}/statistics``, ``GET /regions/{code}/statistics``: SQL
   aggregates over the ledger tables.
 
@@ -25,12 +23,13 @@ import uuid
 from datetime import date
 from typing import Any, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.registry import HOUSEHOLD, REGION_CODE_PATTERN, VILLAGE_CODE_PATTERN
-from eventkit.runtime import problem, runtime_of
+from eventkit.principal import allowed
+from eventkit.runtime import current_principal, jurisdiction_prefix_of, problem, require_covers, runtime_of
 
 from . import codes, identity, regions
 from .ledger import POOR_STATUSES, LedgerError, fold
@@ -38,7 +37,6 @@ from .schemas import Attribute, Cause, MonitoringType, Problem
 
 router = APIRouter(tags=["ledger"])
 
-PERSONAL_DATA_HEADER = "x-tpa-personal-data"
 Status = Literal[tuple(codes.codes("household_status"))]  # type: ignore[valid-type]
 
 
@@ -292,12 +290,12 @@ async def household_ledger(
     request: Request,
     household_id: uuid.UUID,
     personal: bool = Query(False, description="Add names, ID numbers and phones from the vault "
-                                              f"(needs the gateway's `{PERSONAL_DATA_HEADER}: allowed`)."),
-    personal_header: str | None = Header(None, alias=PERSONAL_DATA_HEADER, include_in_schema=False),
+                                              "(needs the action household:read_personal)."),
 ):
-    if personal and (personal_header or "").strip().lower() != "allowed":
+    principal = current_principal(request)
+    if personal and not allowed(principal, "household:read_personal"):
         return problem(403, "personal_data_not_allowed",
-                       "Personal data needs the gateway's authorisation", field="personal")
+                       "Reading personal data needs the action household:read_personal", field="personal")
     pool = _pool(request)
     raw = await pool.fetchval("SELECT doc FROM ledger_households WHERE household_id = $1", household_id)
     source = "ledger"
@@ -315,6 +313,9 @@ async def household_ledger(
     if doc is None:
         return problem(404, "household_not_found", f"household {household_id} is not registered",
                        household_id=str(household_id))
+    if not principal.covers(doc["village_code"]):
+        return problem(403, "outside_jurisdiction", "Forbidden",
+                       f"household {household_id} is outside jurisdiction {principal.jurisdiction}")
     headers = {"ETag": f'"{doc["version"]}"', "X-TPA-Read-Model": source}
     if personal:
         rows = await pool.fetch(
@@ -329,6 +330,17 @@ async def household_ledger(
         headers["Cache-Control"] = "no-store"
     view = HouseholdLedgerView.model_validate(doc)
     return JSONResponse(view.model_dump(mode="json", exclude_unset=True, by_alias=True), headers=headers)
+
+
+async def household_village(pool: Any, household_id: Any) -> str | None:
+    """The village of a household (ledger, or its registration in the store), None if unknown."""
+    village = await pool.fetchval("SELECT village_code FROM ledger_households WHERE household_id = $1",
+                                  household_id)
+    if village is None:
+        village = await pool.fetchval(
+            "SELECT data->>'village_code' FROM events WHERE stream_id = $1 AND stream_type = $2 AND version = 1",
+            str(household_id), HOUSEHOLD)
+    return village
 
 
 # -- search --------------------------------------------------------------------------
@@ -366,6 +378,8 @@ async def search_households(
 
     if after is not None and offset is not None:
         return problem(422, "invalid_paging", "give either after or offset, not both", field="after")
+    # Only the caller's jurisdiction is searched (a filter outside it finds nothing).
+    where.append(f"village_code LIKE {arg(jurisdiction_prefix_of(request))} || '%'")
     if village_code is not None:
         where.append(f"village_code = {arg(village_code)}")
     if region is not None:
@@ -438,6 +452,7 @@ def _shares(rows: list[Any], key: str) -> list[Share]:
 
 
 async def _statistics(request: Request, code: str, level: str, low: str, high: str) -> Statistics:
+    require_covers(request, code, f"region {code}")
     async with _pool(request).acquire() as conn:
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             status_rows = await conn.fetch(

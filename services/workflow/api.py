@@ -2,11 +2,10 @@
 comparison results, escalation) and queries (case lists, a case with its
 timeline, village notice boards, a reviewer's inbox, case types).
 
-Who acts: until the gateway authenticates callers (its own issue), the caller's
-identity arrives in headers the gateway forwards: ``X-TPA-Actor`` (user id),
-``X-TPA-Role``, ``X-TPA-Level`` and ``X-TPA-Jurisdiction`` (region code). Commands
-that need a reviewer answer 401 without them. Filing an objection to a public
-notice needs no identity: anyone may object, name optional.
+Who acts: the principal the gateway vouches for in the internal identity token
+(user id, roles, level, jurisdiction). Commands that need a reviewer answer 401
+for an anonymous call. Filing an objection to a public notice needs no identity:
+anyone may object, name optional.
 
 Commands honour ``Idempotency-Key`` and ``If-Match`` (the case version, also its
 ``ETag``); lists and boards read the case board (eventually consistent), a single
@@ -28,12 +27,12 @@ from contracts.workflow_cases import COMPARISON_SOURCES
 from eventkit.errors import DomainError
 from eventkit.events import Metadata
 from eventkit.idempotency import CommandResult
-from eventkit.runtime import Problem, idempotent, if_match_version, problem, required_actor, runtime_of
+from eventkit.runtime import (Problem, current_principal, idempotent, if_match_version, principal_of, problem,
+                              required_actor, runtime_of)
 from eventkit.telemetry import correlation_id
 
 from .commands import MAX_BATCH, BatchRefused, Workflow
-from .definitions import LEVELS
-from .domain import Case, Reviewer, jurisdiction_prefix
+from .domain import Case, Reviewer
 
 router = APIRouter()
 
@@ -139,20 +138,13 @@ class BatchProblem(Problem):
 # -- identity ------------------------------------------------------------------------
 
 def reviewer_of(request: Request) -> Reviewer:
-    h = request.headers
-    values = {k: (h.get(f"x-tpa-{k}") or "").strip() for k in ("actor", "role", "level", "jurisdiction")}
-    missing = [k for k, v in values.items() if not v]
-    if missing:
-        raise DomainError("unauthenticated", "this command needs the caller's identity (X-TPA-Actor, X-TPA-Role, "
-                          f"X-TPA-Level, X-TPA-Jurisdiction); missing: {', '.join(missing)}", 401)
-    if values["level"] not in LEVELS:
-        raise DomainError("invalid_identity", f"X-TPA-Level must be one of {', '.join(LEVELS)}", 401)
-    try:
-        jurisdiction_prefix(values["jurisdiction"])
-    except DomainError:
-        raise DomainError("invalid_identity", "X-TPA-Jurisdiction must be a 6- or 12-digit region code", 401) \
-            from None
-    return Reviewer(values["actor"], values["role"], values["level"], values["jurisdiction"])
+    """The caller as a reviewer: a user with its roles, or a department's client system (role
+    ``department``, when its scopes allow sending comparison results)."""
+    principal = current_principal(request, "this command")
+    if principal.type == "client":
+        role = "department" if "inbound:comparison_results" in principal.scopes else "client"
+        return Reviewer(principal.id, role, principal.level, principal.jurisdiction)
+    return Reviewer(principal.id, principal.roles[0], principal.level, principal.jurisdiction, principal.roles)
 
 
 def workflow_of(request: Request) -> Workflow:
@@ -160,7 +152,8 @@ def workflow_of(request: Request) -> Workflow:
 
 
 def metadata(request: Request, actor: str | None = None) -> Metadata:
-    return Metadata(actor=actor or request.headers.get("x-tpa-actor"), correlation_id=correlation_id.get())
+    principal = principal_of(request)
+    return Metadata(actor=actor or (principal.id if principal else None), correlation_id=correlation_id.get())
 
 
 def _accepted(status: int, case: Case, events: list[str], **extra: Any) -> CommandResult:

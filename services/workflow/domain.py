@@ -19,7 +19,7 @@ handlers (``when_*``) use only event data, so replay never needs the case type.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any, Mapping
@@ -74,15 +74,24 @@ def jurisdiction_prefix(code: str) -> str:
 
 @dataclass(frozen=True)
 class Reviewer:
-    """Who decides: a gateway user id, role, level and jurisdiction (region code)."""
+    """Who decides: a gateway user id, role, level and jurisdiction (region code). ``roles`` are
+    all the roles the user holds; ``role`` is the one acted in (the step's, when held)."""
 
     id: str
     role: str
     level: str
     jurisdiction: str
+    roles: tuple[str, ...] = ()
 
     def covers(self, village_code: str) -> bool:
         return village_code.startswith(jurisdiction_prefix(self.jurisdiction))
+
+    def holds(self, role: str) -> bool:
+        return role == self.role or role in self.roles
+
+    def acting_as(self, role: str) -> "Reviewer":
+        """The same reviewer acting in ``role`` (one it holds; otherwise unchanged)."""
+        return replace(self, role=role) if self.holds(role) and role != self.role else self
 
 
 @dataclass
@@ -231,10 +240,11 @@ class Case(Aggregate):
         if self.closed:
             raise _conflict("case_closed", f"case {self.id} is closed ({self.outcome})", outcome=self.outcome)
 
-    def _require_reviewer(self, reviewer: Reviewer, step: Step) -> None:
+    def _require_reviewer(self, reviewer: Reviewer, step: Step) -> Reviewer:
+        """The reviewer acting in the step's role, or a refusal."""
         if not isinstance(reviewer, Reviewer) or not reviewer.id:
             raise DomainError("missing_field", "reviewer is required", field="reviewer")
-        if reviewer.role != step.role:
+        if not reviewer.holds(step.role):
             raise _forbidden("wrong_role", f"step {step.id} is decided by role {step.role}, not {reviewer.role}",
                              step_id=step.id, required_role=step.role)
         if reviewer.level != step.level:
@@ -245,6 +255,7 @@ class Case(Aggregate):
             raise _forbidden("outside_jurisdiction",
                              f"jurisdiction {reviewer.jurisdiction} does not cover village {self.village_code}",
                              village_code=self.village_code)
+        return reviewer.acting_as(step.role)
 
     def _require_step(self, step_id: str) -> Step:
         definition = self.definition
@@ -329,7 +340,7 @@ class Case(Aggregate):
         step = self._require_step(step_id)
         if step.kind == "escalation":
             raise _conflict("escalation_step", f"step {step.id} is an escalation step: escalate or resolve it")
-        self._require_reviewer(reviewer, step)
+        reviewer = self._require_reviewer(reviewer, step)
         if decision not in ev.DECISIONS:
             raise DomainError("invalid_decision", f"decision must be one of {', '.join(ev.DECISIONS)}",
                               field="decision")
@@ -413,7 +424,7 @@ class Case(Aggregate):
             raise DomainError("objection_not_found", f"case {self.id} has no objection {objection_id!r}", 404)
         if objection.resolved:
             raise _conflict("objection_already_resolved", f"objection {objection_id} is already resolved")
-        self._require_reviewer(reviewer, self.definition.step(objection.step_id))
+        reviewer = self._require_reviewer(reviewer, self.definition.step(objection.step_id))
         if not isinstance(upheld, bool):
             raise DomainError("invalid_value", "upheld must be true or false", field="upheld")
         self._record(ev.ObjectionResolved, objection_id=objection_id, finding=_required_text(finding, "finding"),
@@ -445,7 +456,7 @@ class Case(Aggregate):
         step = self._step()
         if step.kind != "escalation":
             raise _conflict("not_escalation", f"step {step.id} is not an escalation step")
-        self._require_reviewer(reviewer, step)
+        reviewer = self._require_reviewer(reviewer, step)
         reason = _required_text(reason, "reason", "reason_required")
         following = self.definition.next_step(step.id)
         if following is None:
@@ -462,7 +473,7 @@ class Case(Aggregate):
         step = self._step()
         if step.kind != "escalation":
             raise _conflict("not_escalation", f"step {step.id} is not an escalation step")
-        self._require_reviewer(reviewer, step)
+        reviewer = self._require_reviewer(reviewer, step)
         self._record(ev.CaseResolved, step_id=step.id, level=step.level,
                      what_was_done=_required_text(what_was_done, "what_was_done"), reviewer_id=reviewer.id,
                      reviewer_role=reviewer.role, resolved_at=now)

@@ -170,8 +170,8 @@ async def inbox(request: Request, ready: bool | None = Query(default=None, descr
     me = reviewer_of(request)
     wf = workflow_of(request)
     now = wf.clock.now()
-    args = [me.role, me.level, jurisdiction_prefix(me.jurisdiction) + "%"]
-    sql_where = " WHERE status = 'open' AND step_role = $1 AND step_level = $2 AND village_code LIKE $3"
+    args = [sorted({me.role, *me.roles}), me.level, jurisdiction_prefix(me.jurisdiction) + "%"]
+    sql_where = " WHERE status = 'open' AND step_role = ANY($1) AND step_level = $2 AND village_code LIKE $3"
     if ready is not None:
         args.append(now)
         clause = "(coalesce(notice_ends_at <= $4, true) AND open_objections = 0)"
