@@ -239,7 +239,7 @@ class MemberPersonalDataErased(_HouseholdEvent):
     erased_on: date
 
 
-CHANGE_KINDS = ("member_update", "income", "conditions", "causes", "coordinates", "plan")
+CHANGE_KINDS = ("member_update", "income", "conditions", "causes", "coordinates", "plan", "member_removal")
 
 
 class ChangeRequested(_HouseholdEvent):
@@ -253,9 +253,11 @@ class ChangeRequested(_HouseholdEvent):
     schema_version: ClassVar[int] = 1
 
     change_request_id: str = _uuid("Change request id (lower-case UUID).")
-    kind: Literal["member_update", "income", "conditions", "causes", "coordinates", "plan"] = Field(
-        description="Which household command the change is.")
-    target: str | None = Field(default=None, description="Member id (member_update) or year (income, plan).")
+    kind: Literal["member_update", "income", "conditions", "causes", "coordinates", "plan", "member_removal"] = Field(
+        description="Which household command the change is (member_removal added in 2026-11; consumers "
+                    "should treat an unknown kind as a data change to review).")
+    target: str | None = Field(default=None, description="Member id (member_update, member_removal) or year "
+                               "(income, plan).")
     fields: list[str] = Field(description="Names of the fields the change sets (values are not in the event).")
     reason: str = Field(min_length=1, description="Why the cadre asks for the change.")
     requested_by: str = Field(min_length=1, description="User id of the cadre.")

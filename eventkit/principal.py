@@ -152,7 +152,7 @@ ROLE_ACTIONS: Mapping[str, frozenset[str]] = MappingProxyType({
     "cadre": _FIELD | {"case:open", "attendance:record"},
     "village_committee": _FIELD | {"case:open", "funds:declare"},
     "resident_team": _FIELD | {"attendance:record"},
-    "information_officer": _FIELD | {"case:open", "funds:request"},
+    "information_officer": _FIELD | {"case:open", "funds:request", "reconciliation:national"},
     "township_reviewer": _READ | {"household:read_personal", "case:decide", "funds:review", "alerts:manage"},
     "county_office": _READ | {"household:read_personal", "case:open", "case:decide", "alerts:manage",
                               "funds:manage", "funds:pay", "comparison:education", "comparison:health_insurance",

@@ -160,6 +160,10 @@ class ServiceRuntime:
                 log.warning("expiring idempotency keys failed", exc_info=True)
             await asyncio.sleep(every)
 
+    def spawn(self, coro: Any, name: str) -> None:
+        """Run a service's background task for the runtime's life (cancelled at stop, logged if it dies)."""
+        self._spawn(coro, name)
+
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._task_done)

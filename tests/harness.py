@@ -62,13 +62,16 @@ async def ensure_account(gateway_runtime: Any, who: Principal) -> None:
                                   changed_by="test-harness", now=now)
             await accounts._save_user(conn, user, "test-harness")
         else:
+            from eventkit.principal import DEPARTMENT_SCOPES
+
             client = await accounts.clients.load(who.id, conn=conn)
-            if not client.exists:
-                client.register(name=who.id, department="other", scopes=who.scopes, jurisdiction=who.jurisdiction,
-                                registered_by="test-harness", now=now)
+            if client.exists:
+                raise ValueError(f"client {who.id} exists with other scopes or jurisdiction: use another id")
+            department = next((DEPARTMENT_SCOPES[s] for s in who.scopes if s in DEPARTMENT_SCOPES), "other")
+            client.register(name=who.id, department=department, scopes=who.scopes, jurisdiction=who.jurisdiction,
+                            registered_by="test-harness", now=now)
             await accounts._save_client(conn, client, "test-harness")
-            await conn.execute("UPDATE accounts SET scopes = $3 WHERE principal_type = 'client' AND principal_id = $1"
-                               " AND $2", who.id, True, list(who.scopes))
+
 
 def bearer(who: Principal) -> dict[str, str]:
     token = tokens.issue_access_token(who, API_KEYRING, now=datetime.now(timezone.utc))

@@ -47,6 +47,7 @@ from services.monitoring import delivery as ma_delivery
 from services.funds import ledger_queries as fl
 from services.workflow import api as wa
 from services.workflow import queries as wq
+from services.registry import exchange_api as xa
 
 from .guard import BEARER, Caller, authorise, caller_of, denied_upstream
 
@@ -54,7 +55,8 @@ router = APIRouter(prefix="/api/v1")
 
 _FORWARDED = ("idempotency-key", "if-match", "x-correlation-id", "content-type", "accept")
 _RETURNED = ("content-type", "content-disposition", "etag", "x-correlation-id", "idempotent-replayed",
-             "cache-control", "x-tpa-read-model", "location", "allow", "www-authenticate")
+             "cache-control", "x-tpa-read-model", "location", "allow", "www-authenticate", "x-tpa-disclosed",
+             "referrer-policy", "x-robots-tag", "retry-after")
 UPLOAD_TIMEOUT = httpx.Timeout(600.0, connect=2.0)  # an import runs within its request
 _PARAM = re.compile(r"{(\w+)}")
 _REGION_PARAMS = ("village_code", "region", "code")
@@ -87,6 +89,8 @@ async def forward(request: Request, service: str, method: str, path: str, *, con
     passed = {k: v for k, v in upstream.headers.items() if k.lower() in _RETURNED}
     if "location" in passed and passed["location"].startswith("/"):  # the service's path, seen from outside
         passed["location"] = router.prefix + passed["location"]
+    if upstream.status_code >= 300 or principal is None:  # only the audit hook reads it, on a success
+        passed = {k: v for k, v in passed.items() if k.lower() != "x-tpa-disclosed"}
     return Response(upstream.content, status_code=upstream.status_code, headers=passed)
 
 
@@ -100,6 +104,7 @@ _PATH_PARAMS: dict[str, tuple[Any, Any]] = {
     "code": (str, Path(pattern=rq.REGION_CODE_PATTERN)),
     "region": (str, Path(pattern=rq.REGION_CODE_PATTERN)),
     "quarter": (str, Path(pattern=r"^20[0-9]{2}-Q[1-4]$")),
+    "token": (str, Path(min_length=22, max_length=22, pattern=r"^[A-Za-z0-9_-]{22}$")),
 }
 AfterHook = Callable[[Request, Caller, Response, dict[str, Any]], Any]
 ROUTE_ACTIONS: dict[tuple[str, str], tuple[str, ...] | None] = {}
@@ -541,5 +546,102 @@ route("POST", "/webhooks", "monitoring", action='alerts:manage', body=SubscribeB
 route("GET", "/webhooks", "monitoring", action='alerts:manage', summary="Webhook subscriptions", tags=A)
 route("DELETE", "/webhooks/{subscription_id}", "monitoring", action='alerts:manage', status_code=204,
       summary="Deactivate a webhook subscription", tags=A)
+# -- data exchanges -----------------------------------------------------------------------------
+
+async def _audit_disclosure(request: Request, caller: Caller, response: Response,
+                            kwargs: dict[str, Any]) -> Response | None:
+    """Record who was disclosed (the service's ``_disclosed`` field, or its ``X-TPA-Disclosed``
+    header on a file) and answer without it."""
+    header = response.headers.get("x-tpa-disclosed")
+    if header is not None:
+        disclosed = json.loads(header)
+        del response.headers["x-tpa-disclosed"]
+        body = None
+    else:
+        body = json.loads(response.body)
+        disclosed = body.pop("_disclosed", None) or {}
+    records = [*disclosed.get("households", []), *disclosed.get("members", [])]
+    if records:
+        await runtime_of(request).state["accounts"].record_access(
+            caller.principal, route=f"{request.method} {request.url.path}",
+            purpose=disclosed.get("purpose") or "data exchange", records=records,
+            count=max(1, len(disclosed.get("members", [])) or len(disclosed.get("households", []))))
+    if body is None:
+        return response
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+                    status_code=response.status_code, headers=headers)
+
+
+COMPARE = ("comparison:education", "comparison:health_insurance", "comparison:civil_affairs")
+X = ["exchanges"]
+
+
+class JobQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    purpose: Literal["education", "health_insurance", "civil_affairs"]
+
+
+class JobResultsQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    offset: int = Field(default=0, ge=0, le=1_000_000)
+    limit: int | None = Field(default=None, ge=1, le=1_000_000, description=(
+        "Rows per page (JSON: 10 000 by default; CSV: the whole file by default)."))
+    format: Literal["json", "csv"] = "json"
+
+
+class ReconciliationQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    year: int = Field(ge=2013, le=2100)
+    region: str | None = Field(default=None, pattern=r"^[1-9][0-9]{5}(?:[0-9]{6})?$")
+    format: Literal["json", "csv"] = "json"
+
+
+class CardQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    format: Literal["json", "svg", "png"] = "json"
+
+
+_FILE = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}},
+    "text/csv": {"schema": {"type": "string"}},
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {"schema": {"type": "string",
+                                                                                    "format": "binary"}}}}}
+route("POST", "/comparisons", "registry", action=COMPARE, body=xa.ComparisonRequest, after=_audit_disclosure,
+      summary="Bulk comparison: up to 100 000 ID numbers, answered per ID with the facts the purpose allows",
+      tags=X, openapi_extra={"requestBody": {"content": {"application/json": {"example": {
+          "purpose": "education", "id_numbers": ["620102201001011234", "620102201502020021"]}}}}})
+route("POST", "/status-checks", "registry", action=("status:read", *COMPARE), body=xa.StatusCheck,
+      after=_audit_disclosure, summary="One person's register status (a hospital or school desk)", tags=X)
+route("POST", "/comparison-jobs", "registry", action=COMPARE, query=JobQuery, raw_body=True, status_code=202,
+      summary="Bulk comparison of an uploaded ID file (CSV or XLSX, up to a million IDs), asynchronous",
+      tags=X, openapi_extra=_FILE)
+route("GET", "/comparison-jobs/{job_id}", "registry", action=COMPARE, summary="A comparison job's progress", tags=X)
+route("GET", "/comparison-jobs/{job_id}/results", "registry", action=COMPARE, query=JobResultsQuery,
+      after=_audit_disclosure, response_class=Response, tags=X,
+      summary="A finished comparison job's answers by row (JSON pages or CSV)",
+      openapi_extra={"responses": {"200": {"description": "The answers",
+                                           "content": {"application/json": {}, "text/csv": {}}}}})
+route("POST", "/reconciliations/national", "registry", action="reconciliation:national", query=ReconciliationQuery,
+      raw_body=True, response_class=Response, tags=X, openapi_extra={
+          **_FILE, "responses": {"200": {"description": "The difference report",
+                                         "content": {"application/json": {}, "text/csv": {}}}}},
+      summary="Upload the national system's household extract; get a per-household, per-field difference report")
+route("POST", "/inbound/deaths", "registry", action="inbound:deaths", raw_body=True, status_code=201, tags=X,
+      openapi_extra=_FILE, summary="Death records from civil registration (each becomes a reviewed member removal)")
+route("GET", "/households/{household_id}/card", "registry", action="household:read", query=CardQuery,
+      response_class=Response, tags=H, summary="The household card's QR link (JSON, SVG or PNG)",
+      openapi_extra={"responses": {"200": {"description": "The card link", "content": {
+          "application/json": {}, "image/svg+xml": {}, "image/png": {}}}}})
+route("GET", "/cards/{household_id}/{token}", "registry", action=None, response_class=Response, tags=H,
+      summary="A household card's public view: masked data only (HTML, or JSON with Accept: application/json)",
+      openapi_extra={"responses": {"200": {"description": "The card", "content": {
+          "text/html": {}, "application/json": {}}}}})
+
 route("GET", "/webhooks/{subscription_id}/deliveries", "monitoring", action='alerts:manage',
       summary="A subscription's deliveries with their attempts", tags=A)

@@ -20,7 +20,9 @@ from .api import router
 from .auth_api import router as auth_router
 from .guard import BEARER, RateLimiter
 
-_UPLOAD_PATHS = ("/api/v1/imports/households", "/api/v1/statements")
+_UPLOAD_PATHS = ("/api/v1/imports/households", "/api/v1/statements", "/api/v1/comparison-jobs",
+                 "/api/v1/reconciliations/national", "/api/v1/inbound/deaths")
+COMPARISON_BODY_BYTES = 8 * 1024 * 1024  # 100 000 ID numbers as JSON, with room for spacing
 
 
 def build(settings: ServiceSettings | None = None, *, clock: Clock | None = None) -> ServiceRuntime:
@@ -55,7 +57,10 @@ def build(settings: ServiceSettings | None = None, *, clock: Clock | None = None
     async def limit_size(request: Request, call_next: Any) -> Response:
         """413 for a body over the limit (uploads have their own, larger one), before reading it."""
         if request.method in ("POST", "PUT", "PATCH"):
-            limit = settings.max_upload_bytes if request.url.path in _UPLOAD_PATHS else settings.max_body_bytes
+            path = request.url.path
+            limit = (settings.max_upload_bytes if path in _UPLOAD_PATHS else
+                     max(COMPARISON_BODY_BYTES, settings.max_body_bytes) if path == "/api/v1/comparisons" else
+                     settings.max_body_bytes)
             declared = request.headers.get("content-length")
             too_big = False
             if declared is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from eventkit.runtime import ServiceRuntime
@@ -10,6 +11,7 @@ from eventkit.settings import ServiceSettings, load_settings
 from .api import router
 from .commands import Registry
 from .decisions import WorkflowDecisions
+from .exchange_api import router as exchange_router, run_jobs
 from .import_api import router as import_router
 from .ledger import HouseholdLedger
 from .queries import router as ledger_router
@@ -29,9 +31,11 @@ def build(settings: ServiceSettings | None = None) -> ServiceRuntime:
     async def bind(runtime: ServiceRuntime) -> None:
         registry = Registry(runtime.store, key)
         runtime.state["registry"] = registry
+        runtime.state["jobs_wakeup"] = asyncio.Event()
         decisions.registry = registry
+        runtime.spawn(run_jobs(runtime), "comparison-jobs")
 
     return ServiceRuntime(settings, migrations_dir=Path(__file__).parent / "migrations",
-                          routers=[router, ledger_router, import_router], projections=[decisions, HouseholdLedger()],
+                          routers=[router, ledger_router, import_router, exchange_router], projections=[decisions, HouseholdLedger()],
                           title="TPA registry",
                           extra_startup=bind)

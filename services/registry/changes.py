@@ -15,7 +15,8 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 from .domain import Household
-from .schemas import AssistancePlan, Coordinates, IncomeAssessment, LivingConditions, MemberFacts, PovertyCauses, facts
+from .schemas import (AssistancePlan, Coordinates, IncomeAssessment, LivingConditions, MemberFacts, PovertyCauses,
+                      RemoveMember, facts)
 
 
 def update_member(household: Household, member_id: str, body: MemberFacts) -> None:
@@ -38,6 +39,10 @@ def set_coordinates(household: Household, _: None, body: Coordinates) -> None:
     household.set_coordinates(body.latitude, body.longitude)
 
 
+def remove_member(household: Household, member_id: str, body: RemoveMember) -> None:
+    household.remove_member(member_id, body.reason, body.removed_on, body.note)
+
+
 def record_plan(household: Household, year: int, body: AssistancePlan) -> None:
     household.record_plan(year, [m.model_dump() for m in body.measures])
 
@@ -56,6 +61,8 @@ KINDS: dict[str, Kind] = {
     "causes": Kind(PovertyCauses, None, record_causes),
     "coordinates": Kind(Coordinates, None, set_coordinates),
     "plan": Kind(AssistancePlan, int, record_plan),
+    # a death reported by civil registration (or a move) removes a member once reviewed
+    "member_removal": Kind(RemoveMember, str, remove_member),
 }
 
 

@@ -360,7 +360,7 @@ def _counts(m: Match, covers: Callable[[str], bool]) -> bool:
     return m.member_active and m.household_status not in LEFT_REGISTER_STATUSES and bool(covers(m.village_code))
 
 
-def _pick(found: Match | Sequence[Match] | None, covers: Callable[[str], bool]) -> Match | None:
+def pick(found: Match | Sequence[Match] | None, covers: Callable[[str], bool]) -> Match | None:
     """The membership to answer with: one that is active, in the register and in the caller's
     jurisdiction; None when there is none (answered like no match). Several (a data error)
     resolve deterministically."""
@@ -394,7 +394,7 @@ def answer(prepared: Prepared, matches: Mapping[str, Match | Sequence[Match]], p
     per_hash: dict[str, dict[str, Any]] = {}  # the answer for each distinct hash
     disclosed: dict[str, Match] = {}
     for digest in prepared.distinct_hmacs:
-        m = _pick(matches.get(digest), covers)
+        m = pick(matches.get(digest), covers)
         if m is None:
             per_hash[digest] = {"in_register": False, **empty}
         else:
@@ -409,7 +409,7 @@ def answer(prepared: Prepared, matches: Mapping[str, Match | Sequence[Match]], p
             continue
         found = per_hash.get(digest)
         if found is None:  # a Prepared built by hand with an incomplete distinct list
-            m = _pick(matches.get(digest), covers)
+            m = pick(matches.get(digest), covers)
             found = {"in_register": m is not None, **({f: getattr(m, f) for f in facts} if m else empty)}
             per_hash[digest] = found
             if m is not None:

@@ -53,13 +53,13 @@ async def template(format: str = Query("xlsx", pattern="^(xlsx|csv)$",
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise UploadError(413, "file_too_large", f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+        raise UploadError(413, "file_too_large", f"the upload is larger than {limit // 2**20} MB")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise UploadError(413, "file_too_large", f"the upload is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+            raise UploadError(413, "file_too_large", f"the upload is larger than {limit // 2**20} MB")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -86,18 +86,20 @@ async def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str
     return fields
 
 
-async def _upload(request: Request) -> tuple[str | None, bytes]:
+async def upload(request: Request, limit: int = MAX_UPLOAD_BYTES) -> tuple[str | None, bytes]:
+    """An uploaded file: multipart field ``file``, or the raw body (XLSX or CSV by content type);
+    (file name or None, content)."""
     content_type = request.headers.get("content-type", "")
     if content_type.lower().startswith("multipart/form-data"):
-        body = await _read_body(request, MAX_UPLOAD_BYTES + _MULTIPART_OVERHEAD)
+        body = await _read_body(request, limit + _MULTIPART_OVERHEAD)
         fields = await parse_multipart(body, content_type)
         if "file" not in fields:
             raise UploadError(422, "missing_file", "upload the file in the multipart field 'file'")
         name, data = fields["file"]
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise UploadError(413, "file_too_large", f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+        if len(data) > limit:
+            raise UploadError(413, "file_too_large", f"the file is larger than {limit // 2**20} MB")
         return name, data
-    body = await _read_body(request, MAX_UPLOAD_BYTES)
+    body = await _read_body(request, limit)
     name = None
     if "spreadsheetml" in content_type:
         name = "upload.xlsx"
@@ -122,7 +124,7 @@ async def import_households(request: Request, skip_invalid: bool = Query(
     runtime = runtime_of(request)
     registry: Registry = runtime.state["registry"]
     try:
-        file_name, data = await _upload(request)
+        file_name, data = await upload(request)
     except UploadError as exc:
         return problem(exc.status, exc.code, str(exc))
     if not data:

@@ -170,7 +170,7 @@ class VillageProfile(_In):
 
 # -- change requests (reviewed by a data_change case before they count) --------------
 
-ChangeKind = Literal["member_update", "income", "conditions", "causes", "coordinates", "plan"]
+ChangeKind = Literal["member_update", "income", "conditions", "causes", "coordinates", "plan", "member_removal"]
 ChangeStatus = Literal["pending", "applied", "rejected", "not_applicable"]
 
 
@@ -233,8 +233,17 @@ class PlanRequest(_ChangeRequest):
     changes: AssistancePlan
 
 
+class MemberRemovalRequest(_ChangeRequest):
+    """The body of POST /households/{id}/members/{target}/removal."""
+
+    kind: Literal["member_removal"]
+    target: uuid.UUID = Field(description="Member id.")
+    changes: RemoveMember
+
+
 class ChangeRequestBody(RootModel[Annotated[
-        MemberUpdateRequest | IncomeRequest | ConditionsRequest | CausesRequest | CoordinatesRequest | PlanRequest,
+        MemberUpdateRequest | IncomeRequest | ConditionsRequest | CausesRequest | CoordinatesRequest | PlanRequest
+        | MemberRemovalRequest,
         Field(discriminator="kind")]]):
     """A proposed change: ``changes`` is the body of the household command named by ``kind``
     (``target`` is its member id or year), validated exactly like that command."""
@@ -255,7 +264,7 @@ class ChangeRequestSummary(BaseModel):
     change_request_id: str
     household_id: str
     kind: ChangeKind
-    target: str | None = Field(description="Member id (member_update) or year (income, plan).")
+    target: str | None = Field(description="Member id (member_update, member_removal) or year (income, plan).")
     fields: list[str] = Field(description="Names of the fields the change sets.")
     reason: str
     requested_by: str
