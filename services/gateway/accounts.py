@@ -266,6 +266,7 @@ class Accounts:
             failures = await conn.fetchval(
                 "SELECT failures FROM user_credentials WHERE user_id = $1 FOR UPDATE", user.id)
             user = await self._user(user.id, conn)  # fresh, under the row lock
+            now = self.now()  # after the lock: concurrent failures are recorded in order
             if not ok:
                 failure = user.record_login_failure(now, failures or ())
                 await conn.execute("UPDATE user_credentials SET failures = $2 WHERE user_id = $1",
