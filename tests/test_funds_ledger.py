@@ -1,5 +1,6 @@
 """The funds double-entry ledger: postings, running balances, the projection under redelivery and
-cross-topic order, and its query API."""
+cross-topic order, and its query API (called as the gateway would: with an internal identity token
+naming the caller, whose jurisdiction scopes what the queries answer)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from contracts import funds as ev
 from contracts.base import topic_name
@@ -25,7 +26,10 @@ from eventkit.events import RecordedEvent
 from eventkit.kafka import ensure_topics
 from eventkit.metrics import Metrics
 from eventkit.projection import Message, ProjectionRunner
+from eventkit.runtime import problem
 from eventkit.testing import background, producer, wait_until
+from eventkit.tokens import INTERNAL_IDENTITY_HEADER, verify_internal_token
+from services.funds.commands import may_read_allocation, region12, require_within
 from services.funds.domain import Allocation, Disbursement, HouseholdFacts, Project, fold_household_facts
 from services.funds.ledger import (
     POSTING_EVENT_TYPES,
@@ -45,9 +49,14 @@ from services.funds.ledger import (
 )
 from services.funds.ledger_queries import router
 
+from .harness import INTERNAL_KEYRING, ActAs, internal_headers, principal
+
 NOW = datetime(2025, 3, 10, 2, 0, tzinfo=timezone.utc)  # 2025-03-10 in China
 TODAY = date(2025, 3, 10)
 VILLAGE = "620102001001"
+COUNTY = principal("county_office", "620102")             # the village's county
+NEIGHBOUR_COUNTY = principal("county_office", "620103")   # another county of the same city
+PROVINCE = principal("operator", "620000")                # province-level reader
 HOUSEHOLD = "3f2b8c1e-9d4a-4e6b-8f7a-1c2d3e4f5a6b"
 NEIGHBOUR = "4a3b2c1d-0e9f-4a8b-9c7d-6e5f4a3b2c1d"
 STUDENT = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -507,7 +516,39 @@ def query_app(pool: Any) -> FastAPI:
     app = FastAPI()
     app.include_router(router)
     app.state.runtime = SimpleNamespace(pool=pool)
+
+    @app.middleware("http")
+    async def internal_identity(request: Request, call_next):
+        # What the service runtime does: the caller from the gateway's signed token, or a 401.
+        try:
+            request.state.principal = verify_internal_token(
+                request.headers.get(INTERNAL_IDENTITY_HEADER), INTERNAL_KEYRING, now=datetime.now(timezone.utc),
+                allow_anonymous=True)
+        except Exception as exc:  # noqa: BLE001 - any invalid token is a 401
+            return problem(401, "gateway_identity_required", "Unauthenticated", str(exc))
+        return await call_next(request)
     return app
+
+
+def test_the_region_of_each_funds_record_and_who_it_is_within():
+    assert [region12(c) for c in ("62", "6201", "620102", "620102001", VILLAGE)] == [
+        "620000000000", "620100000000", "620102000000", "620102001000", VILLAGE]
+    for code in ("620102", "620102001", VILLAGE):  # a county's allocation, a township's project, a village
+        require_within(COUNTY, code, "record")
+        require_within(PROVINCE, code, "record")
+        with pytest.raises(Exception) as refused:
+            require_within(NEIGHBOUR_COUNTY, code, "record")
+        assert (refused.value.code, refused.value.status) == ("outside_jurisdiction", 403)
+    require_within(None, "530102", "record")  # the service itself (the anomaly rules)
+    with pytest.raises(Exception, match="outside"):
+        require_within(PROVINCE, None, "a record with no region")
+    # A county creates and adjusts only its own budget lines, but reads those of its city and
+    # province too: its projects may draw on them.
+    with pytest.raises(Exception, match="outside"):
+        require_within(COUNTY, "62", "allocation")
+    assert may_read_allocation(COUNTY, "62") and may_read_allocation(COUNTY, "6201")
+    assert may_read_allocation(COUNTY, "620102") and may_read_allocation(PROVINCE, "620102")
+    assert not may_read_allocation(NEIGHBOUR_COUNTY, "620102") and not may_read_allocation(COUNTY, "53")
 
 
 async def _applied(pool: Any, n: int) -> bool:
@@ -534,11 +575,14 @@ async def test_the_ledger_follows_the_topics_and_answers_its_queries(pool, infra
                                           value=json.dumps(env).encode())
 
     transport = httpx.ASGITransport(app=query_app(pool))
-    async with background(runner.run()), httpx.AsyncClient(transport=transport, base_url="http://funds") as http:
+    # The county office of the scenario's village asks, unless a request names another caller.
+    async with background(runner.run()), httpx.AsyncClient(transport=transport, base_url="http://funds",
+                                                           auth=ActAs(who=COUNTY)) as http:
+        province = ActAs(who=PROVINCE)
         # The allocation topic first: payments are posted before their disbursements are known.
         await publish(allocation_events)
         await wait_until(lambda: _applied(pool, len(allocation_events)), timeout=30, message="allocation events")
-        totals = (await http.get("/ledger/totals")).json()
+        totals = (await http.get("/ledger/totals", auth=province)).json()
         assert (totals["spent"], totals["balanced"]) == ("7790.00", True)
         early = (await http.get(f"/households/{HOUSEHOLD}/funds")).json()
         assert (early["rows"], early["total"]) == ([], "0.00")  # not attributable yet, and no error
@@ -600,7 +644,7 @@ async def test_the_ledger_follows_the_topics_and_answers_its_queries(pool, infra
         assert household_total == payment_total(envelopes)  # every payment is attributed once all topics are in
 
         # the village's public disclosure
-        r = await http.get(f"/villages/{VILLAGE}/disclosure")
+        r = await http.get(f"/villages/{VILLAGE}/disclosure", headers=internal_headers(None))  # anyone may read it
         disclosure = r.json()
         for secret in (HOUSEHOLD, NEIGHBOUR, STUDENT, PARENT, NEIGHBOUR_HEAD, "6217****", HASH,
                        *(d.id for d in SCENARIO.disbursements.values())):
@@ -621,13 +665,14 @@ async def test_the_ledger_follows_the_topics_and_answers_its_queries(pool, infra
         names = {x["policy_code"]: x["policy_name"] for x in disclosure["payments"]}
         assert names["edu_boarding_junior"] == "初中寄宿生生活补助" and names[None] is None
         assert disclosure["total_paid"] == "7790.00"
-        assert (await http.get(f"/villages/{VILLAGE}/disclosure", params={"year": 2024})).json()["projects"] == []
-        assert (await http.get("/villages/6201/disclosure")).status_code == 422
-        empty = (await http.get("/villages/530102001001/disclosure")).json()
+        assert (await http.get(f"/villages/{VILLAGE}/disclosure", params={"year": 2024},
+                               headers=internal_headers(None))).json()["projects"] == []
+        assert (await http.get("/villages/6201/disclosure", headers=internal_headers(None))).status_code == 422
+        empty = (await http.get("/villages/530102001001/disclosure", headers=internal_headers(None))).json()
         assert (empty["projects"], empty["payments"], empty["total_paid"]) == ([], [], "0.00")
 
-        # totals by source and year
-        totals = (await http.get("/ledger/totals")).json()
+        # totals by source and year: the province's budget lines, every one of them
+        totals = (await http.get("/ledger/totals", auth=province)).json()
         by = {(t["source"], t["year"]): (t["allocated"], t["reserved"], t["spent"], t["available"], t["balanced"])
               for t in totals["rows"]}
         assert by == {
@@ -640,7 +685,32 @@ async def test_the_ledger_follows_the_topics_and_answers_its_queries(pool, infra
         assert totals["debits"] == totals["credits"]
         debits = await pool.fetchval("SELECT sum(debit) FROM ledger_postings")
         assert Decimal(totals["debits"]) == debits
-        filtered = (await http.get("/ledger/totals", params={"year": 2025, "source": "central"})).json()
+        filtered = (await http.get("/ledger/totals", params={"year": 2025, "source": "central"}, auth=province)).json()
         assert [(t["source"], t["year"]) for t in filtered["rows"]] == [("central", 2025)]
         assert filtered["spent"] == "1540.00"
         assert (await http.get("/ledger/totals", params={"source": "lottery"})).status_code == 422
+
+        # The county's totals: its own budget lines (the provincial line is the province's), balanced.
+        county = (await http.get("/ledger/totals")).json()
+        by = {(t["source"], t["year"]): (t["allocated"], t["spent"], t["balanced"]) for t in county["rows"]}
+        assert by == {("central", 2024): ("8000.00", "1250.00", True),
+                      ("central", 2025): ("120000.00", "1540.00", True),
+                      ("county", 2025): ("60000.00", "0.00", True)}
+        assert (county["allocated"], county["spent"], county["balanced"]) == ("188000.00", "2790.00", True)
+        assert county["debits"] == county["credits"] and Decimal(county["debits"]) < Decimal(totals["debits"])
+
+        # Another county: every record of this one is refused, the lists are empty; the province's
+        # budget line (which covers both counties) stays readable; the disclosure is public.
+        neighbour_county = ActAs(who=NEIGHBOUR_COUNTY)
+        provincial = next(a for a in SCENARIO.allocations.values() if a.source == "provincial")
+        for path in [*(f"/allocations/{a.id}/balance" for a in SCENARIO.allocations.values() if a is not provincial),
+                     f"/projects/{p.id}/budget", f"/households/{HOUSEHOLD}/funds", f"/households/{NEIGHBOUR}/funds"]:
+            r = await http.get(path, auth=neighbour_county)
+            assert (r.status_code, r.json()["code"]) == (403, "outside_jurisdiction"), path
+        assert (await http.get(f"/allocations/{provincial.id}/balance", auth=neighbour_county)).status_code == 200
+        theirs = (await http.get("/ledger/totals", auth=neighbour_county)).json()
+        assert (theirs["rows"], theirs["allocated"], theirs["debits"], theirs["balanced"]) == ([], "0.00", "0.00", True)
+        assert (await http.get(f"/villages/{VILLAGE}/disclosure", headers=internal_headers(None))).json() == disclosure
+        # Not anonymously, though.
+        anonymous = await http.get("/ledger/totals", headers=internal_headers(None))
+        assert (anonymous.status_code, anonymous.json()["code"]) == (401, "unauthenticated")

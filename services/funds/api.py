@@ -1,11 +1,25 @@
 """Funds HTTP API: allocations, projects, disbursements, statements, anomalies, policies.
 
-Commands need the caller's user id in ``X-TPA-Actor`` (401 without it; asserted
-until the gateway authenticates, ADR 0010), honour ``Idempotency-Key`` and
-``If-Match`` (the aggregate's version, also its ``ETag``), and are retried a few
-times when a concurrent command changed one of the same streams (a busy
-allocation): the retry re-reads the balance, so it succeeds only if the money is
-still there. Every refusal is a problem document naming the failed rule.
+Who calls: the principal the gateway vouches for in the internal identity token
+(``X-TPA-Identity``, verified by the runtime); the gateway has already checked the
+action (funds:manage, funds:declare, ...). Commands answer 401 for an anonymous
+call and record the caller's id as the actor.
+
+Jurisdiction (what only this service knows: the region of the record a request is
+about; rules in ``services/funds/commands.py``): an allocation's region is its
+``region_code``, a project's its ``region_code``, a disbursement's the beneficiary
+household's village. A command on a record outside the caller's jurisdiction, or
+creating one there, is refused with 403 ``outside_jurisdiction``; so is reading one
+record; lists (anomalies) show only what the jurisdiction covers. Allocations are
+readable also by the jurisdictions inside their region (the budget lines they may
+draw on).
+
+Commands honour ``Idempotency-Key`` (per caller: another caller's key with the same value
+is another key, never a replay of the first caller's answer) and ``If-Match`` (the aggregate's version, also
+its ``ETag``), and are retried a few times when a concurrent command changed one of
+the same streams (a busy allocation): the retry re-reads the balance, so it
+succeeds only if the money is still there. Every refusal is a problem document
+naming the failed rule.
 """
 
 from __future__ import annotations
@@ -25,15 +39,17 @@ from contracts import funds as ev
 from eventkit.errors import ConcurrencyError
 from eventkit.events import Metadata
 from eventkit.idempotency import CommandResult
-from eventkit.runtime import Problem, idempotent, if_match_version, required_actor, runtime_of
+from eventkit.principal import Principal
+from eventkit.runtime import (Problem, current_principal, idempotent, if_match_version, jurisdiction_prefix_of,
+                              runtime_of)
 from eventkit.telemetry import correlation_id
 
 from .anomalies import AnomalyRecord
-from .commands import Funds
+from .commands import Funds, may_read_allocation, outside_jurisdiction, require_within
 from .domain import Allocation, Disbursement, Project, fmt
 
 router = APIRouter()
-ERRORS = {code: {"model": Problem} for code in (401, 404, 409, 412, 422)}
+ERRORS = {code: {"model": Problem} for code in (401, 403, 404, 409, 412, 422)}
 CONFLICT_RETRIES = 5
 
 
@@ -154,11 +170,17 @@ def funds_of(request: Request) -> Funds:
     return runtime_of(request).state["funds"]
 
 
+def caller(request: Request) -> Principal:
+    """The signed-in caller (401 ``unauthenticated`` for an anonymous call)."""
+    return current_principal(request, "this command")
+
+
 async def command(request: Request, body: BaseModel | None, handle: Callable[[Any, str, Metadata], Any],
                   status: int = 200, location: str | None = None) -> JSONResponse:
-    """Run ``handle(conn, actor, meta)`` -> (aggregate, recorded) once per Idempotency-Key, retrying on a
-    concurrent change of the same streams."""
-    actor = required_actor(request)
+    """Run ``handle(conn, actor, meta)`` -> (aggregate, recorded) once per Idempotency-Key and caller,
+    retrying on a concurrent change of the same streams."""
+    who = caller(request)
+    actor = who.id
     meta = Metadata(actor=actor, correlation_id=correlation_id.get())
 
     async def run(conn) -> CommandResult:
@@ -192,6 +214,7 @@ async def create_allocation(body: CreateAllocation, request: Request):
     new_id = str(uuid.uuid4())
 
     async def handle(conn, actor, meta):
+        require_within(caller(request), body.region_code, f"region {body.region_code}")
         a = Allocation(new_id)
         a.create(source=body.source, year=body.year, purpose=body.purpose, region_code=body.region_code,
                  amount=fmt(body.amount), created_by=actor, now=f.clock.now())
@@ -205,15 +228,19 @@ async def adjust_allocation(allocation_id: uuid.UUID, body: AdjustAllocation, re
     f = funds_of(request)
     return await command(request, body, lambda conn, actor, meta: f.act(
         conn, Allocation, str(allocation_id), if_match_version(request), meta, lambda a, _: a.adjust(
-            amount_delta=fmt(body.amount_delta), reason=body.reason, adjusted_by=actor, now=f.clock.now())))
+            amount_delta=fmt(body.amount_delta), reason=body.reason, adjusted_by=actor, now=f.clock.now()),
+        principal=caller(request)))
 
 
 @router.get("/allocations/{allocation_id}", responses=ERRORS, tags=["allocations"],
             summary="An allocation from the event store: amount, reserved, spent, available")
 async def get_allocation(allocation_id: uuid.UUID, request: Request):
     f = funds_of(request)
+    who = current_principal(request)
     async with runtime_of(request).pool.acquire() as conn:
         a = await f.load(conn, Allocation, str(allocation_id))
+    if not may_read_allocation(who, a.region_code):
+        raise outside_jurisdiction(who, f"allocation {a.id}", a.region_code)
     return JSONResponse({"allocation_id": a.id, "version": a.version, "source": a.source, "year": a.year,
                          "purpose": a.purpose, "region_code": a.region_code, "amount": fmt(a.amount),
                          "reserved": fmt(a.reserved), "spent": fmt(a.spent), "available": fmt(a.available)},
@@ -229,6 +256,7 @@ async def declare_project(body: DeclareProject, request: Request):
     new_id = str(uuid.uuid4())
 
     async def handle(conn, actor, meta):
+        require_within(caller(request), body.region_code, f"region {body.region_code}")
         p = Project(new_id)
         p.declare(name=body.name, kind=body.kind, region_code=body.region_code, budget=fmt(body.budget),
                   plan_year=body.plan_year, beneficiary_household_ids=[str(h) for h in body.beneficiary_household_ids],
@@ -250,7 +278,8 @@ def _project_command(path: str, body_model: type[BaseModel] | None, summary: str
             return list(p.funding)
         return await command(request, body, lambda conn, actor, meta: f.act(
             conn, Project, str(project_id), if_match_version(request), meta,
-            lambda p, allocations: run(p, allocations, body, actor, f), allocations_of=allocations_of))
+            lambda p, allocations: run(p, allocations, body, actor, f), principal=caller(request),
+            allocations_of=allocations_of))
 
     if body_model is not None:
         async def with_body(project_id: uuid.UUID, body: Any, request: Request):
@@ -296,7 +325,7 @@ _project_command("cancellation", Reason, "Cancel a project (releases its reserva
 async def get_project(project_id: uuid.UUID, request: Request):
     f = funds_of(request)
     async with runtime_of(request).pool.acquire() as conn:
-        p = await f.load(conn, Project, str(project_id))
+        p = await f.load_within(conn, Project, str(project_id), None, current_principal(request))
     return JSONResponse({
         "project_id": p.id, "version": p.version, "name": p.name, "kind": p.kind, "region_code": p.region_code,
         "status": p.status, "plan_year": p.plan_year, "budget": fmt(p.budget),
@@ -315,7 +344,7 @@ async def request_disbursement(body: RequestDisbursement, request: Request):
     new_id = str(uuid.uuid4())
     return await command(request, body, lambda conn, actor, meta: f.request(
         conn, new_id, household_id=str(body.household_id), basis=body.basis, period=body.period,
-        amount=fmt(body.amount), requested_by=actor, meta=meta,
+        amount=fmt(body.amount), requested_by=actor, meta=meta, principal=caller(request),
         member_id=str(body.member_id) if body.member_id else None, policy_code=body.policy_code,
         project_id=str(body.project_id) if body.project_id else None,
         cost_basis=fmt(body.cost_basis) if body.cost_basis is not None else None,
@@ -328,7 +357,7 @@ async def approve_disbursement(disbursement_id: uuid.UUID, body: ApproveDisburse
     f = funds_of(request)
     return await command(request, body, lambda conn, actor, meta: f.approve(
         conn, str(disbursement_id), if_match_version(request), approved_by=actor, meta=meta,
-        allocation_id=str(body.allocation_id) if body.allocation_id else None))
+        principal=caller(request), allocation_id=str(body.allocation_id) if body.allocation_id else None))
 
 
 @router.post("/disbursements/{disbursement_id}/payment", response_model=Accepted, responses=ERRORS,
@@ -337,7 +366,7 @@ async def pay_disbursement(disbursement_id: uuid.UUID, body: PayDisbursement, re
     f = funds_of(request)
     return await command(request, body, lambda conn, actor, meta: f.pay(
         conn, str(disbursement_id), if_match_version(request), channel=body.channel,
-        channel_reference=body.channel_reference, paid_on=body.paid_on, meta=meta))
+        channel_reference=body.channel_reference, paid_on=body.paid_on, meta=meta, principal=caller(request)))
 
 
 @router.post("/disbursements/{disbursement_id}/failure", response_model=Accepted, responses=ERRORS,
@@ -345,7 +374,8 @@ async def pay_disbursement(disbursement_id: uuid.UUID, body: PayDisbursement, re
 async def fail_disbursement(disbursement_id: uuid.UUID, body: Reason, request: Request):
     f = funds_of(request)
     return await command(request, body, lambda conn, actor, meta: f.fail_or_reverse(
-        conn, str(disbursement_id), if_match_version(request), reverse=False, reason=body.reason, meta=meta))
+        conn, str(disbursement_id), if_match_version(request), reverse=False, reason=body.reason, meta=meta,
+        principal=caller(request)))
 
 
 @router.post("/disbursements/{disbursement_id}/reversal", response_model=Accepted, responses=ERRORS,
@@ -353,7 +383,8 @@ async def fail_disbursement(disbursement_id: uuid.UUID, body: Reason, request: R
 async def reverse_disbursement(disbursement_id: uuid.UUID, body: Reason, request: Request):
     f = funds_of(request)
     return await command(request, body, lambda conn, actor, meta: f.fail_or_reverse(
-        conn, str(disbursement_id), if_match_version(request), reverse=True, reason=body.reason, meta=meta))
+        conn, str(disbursement_id), if_match_version(request), reverse=True, reason=body.reason, meta=meta,
+        principal=caller(request)))
 
 
 @router.get("/disbursements/{disbursement_id}", responses=ERRORS, tags=["disbursements"],
@@ -361,7 +392,7 @@ async def reverse_disbursement(disbursement_id: uuid.UUID, body: Reason, request
 async def get_disbursement(disbursement_id: uuid.UUID, request: Request):
     f = funds_of(request)
     async with runtime_of(request).pool.acquire() as conn:
-        d = await f.load(conn, Disbursement, str(disbursement_id))
+        d = await f.load_within(conn, Disbursement, str(disbursement_id), None, current_principal(request))
         masked = await conn.fetchval("SELECT account_masked FROM fd_disbursements WHERE disbursement_id = $1", d.id)
     return JSONResponse({
         "disbursement_id": d.id, "version": d.version, "status": d.status, "household_id": d.household_id,
@@ -380,23 +411,38 @@ class AnomalyPage(BaseModel):
     items: list[dict[str, Any]]
 
 
-@router.get("/anomalies", response_model=AnomalyPage, tags=["anomalies"],
-            summary="Anomalies found by the rules (newest first)")
+# An anomaly's region: its village (a payment's anomaly); the project's region (project_overspend);
+# any of the villages paid into the account (shared_account: it concerns each of them). $2 is the
+# caller's code prefix.
+_ANOMALY_WITHIN = (
+    "(e.data->>'village_code' LIKE $2::text || '%'"
+    " OR (e.data->>'subject_type' = 'account' AND EXISTS (SELECT 1 FROM jsonb_array_elements_text("
+    "     CASE WHEN jsonb_typeof(e.data->'evidence'->'village_codes') = 'array'"
+    "          THEN e.data->'evidence'->'village_codes' ELSE '[]'::jsonb END) AS v (code)"
+    "     WHERE v.code LIKE $2::text || '%'))"
+    " OR (e.data->>'subject_type' = 'project' AND EXISTS (SELECT 1 FROM events p"
+    "     WHERE p.stream_id = e.data->>'subject_id' AND p.version = 1 AND p.event_type = 'ProjectDeclared'"
+    "     AND rpad(p.data->>'region_code', 12, '0') LIKE $2::text || '%')))")
+
+
+@router.get("/anomalies", response_model=AnomalyPage, tags=["anomalies"], responses=ERRORS,
+            summary="Anomalies found by the rules in the caller's jurisdiction (newest first)")
 async def list_anomalies(request: Request,
                          village_code: str | None = Query(default=None, pattern=ev.VILLAGE_CODE_PATTERN),
                          household_id: uuid.UUID | None = None,
                          rule: str | None = Query(default=None, max_length=64, pattern=r"^[a-z_]+$"),
                          limit: int = Query(default=100, ge=1, le=1000)):
-    where, args = ["stream_type = $1"], [AnomalyRecord.stream_type]
+    where, args = ["e.stream_type = $1", _ANOMALY_WITHIN], [AnomalyRecord.stream_type, jurisdiction_prefix_of(request)]
     for column, value in (("village_code", village_code), ("household_id", str(household_id) if household_id
                                                            else None), ("rule", rule)):
         if value is not None:
             args.append(value)
-            where.append(f"data->>'{column}' = ${len(args)}")
+            where.append(f"e.data->>'{column}' = ${len(args)}")
     sql = " AND ".join(where)
     pool = runtime_of(request).pool
-    total = await pool.fetchval(f"SELECT count(*) FROM events WHERE {sql}", *args)
-    rows = await pool.fetch(f"SELECT data FROM events WHERE {sql} ORDER BY global_position DESC LIMIT {limit}", *args)
+    total = await pool.fetchval(f"SELECT count(*) FROM events e WHERE {sql}", *args)
+    rows = await pool.fetch(f"SELECT e.data FROM events e WHERE {sql} ORDER BY e.global_position DESC LIMIT {limit}",
+                            *args)
     return {"total": total, "items": [json.loads(r["data"]) if isinstance(r["data"], str) else r["data"]
                                       for r in rows]}
 

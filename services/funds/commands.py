@@ -13,6 +13,21 @@ events (``fd_household_events``, folded into ``HouseholdFacts``). Duplicate
 payments are stopped by the primary key of ``fd_payment_keys``, written in the
 same transaction as the request. ``fd_disbursements`` mirrors each disbursement
 for the anomaly rules and the reconciliation.
+
+Jurisdiction: every command names its caller (``principal``; ``None`` only for the
+service itself, e.g. the anomaly rules) and is refused with 403
+``outside_jurisdiction``, before anything else is checked, unless the caller's
+jurisdiction covers the region of the record it is about:
+
+- an allocation: its ``region_code`` (a province, city or county budget line);
+  only a jurisdiction covering it creates or adjusts it. Reading is wider
+  (``may_read_allocation``): a budget line of a region containing the caller's
+  jurisdiction is readable too, since the caller's projects and payments may draw
+  on it; what they draw is checked by the domain (an allocation pays only within
+  its region, ``outside_region``);
+- a project: its ``region_code`` (village or township);
+- a disbursement: the beneficiary household's village (from the household facts
+  when requested, then as the disbursement records it).
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ from eventkit.aggregate import Aggregate, save_all
 from eventkit.clock import Clock
 from eventkit.errors import DomainError
 from eventkit.events import Metadata, RecordedEvent
+from eventkit.principal import Principal, covers
 from eventkit.store import EventStore
 
 from .anomalies import (
@@ -39,6 +55,33 @@ from .policies import Catalogue
 LIVE_PAID = ("paid", "reconciled")
 _KINDS: dict[type[Aggregate], str] = {Allocation: "allocation", Project: "project", Disbursement: "disbursement",
                                       AnomalyRecord: "anomaly"}
+
+
+def region12(code: str) -> str:
+    """The 12-digit form of a budget region (2, 4 or 6 digits) or a project region (9 or 12 digits)."""
+    return code.ljust(12, "0")
+
+
+def outside_jurisdiction(principal: Principal, what: str, region_code: str | None) -> DomainError:
+    return DomainError("outside_jurisdiction", f"{what} is outside jurisdiction {principal.jurisdiction}", 403,
+                       **({"region_code": region_code} if region_code is not None else {}))
+
+
+def require_within(principal: Principal | None, region_code: str | None, what: str) -> None:
+    """403 ``outside_jurisdiction`` unless ``principal``'s jurisdiction covers ``region_code`` (any region
+    code: 2 to 12 digits). ``None``: the service itself, which may touch any record. A record with no
+    region is covered by no one."""
+    if principal is None:
+        return
+    if region_code is None or not principal.covers(region12(region_code)):
+        raise outside_jurisdiction(principal, what, region_code)
+
+
+def may_read_allocation(principal: Principal, region_code: str) -> bool:
+    """An allocation is readable within its region's jurisdictions, and by the jurisdictions inside its
+    region (a county office sees the provincial budget lines its projects may draw on)."""
+    code = region12(region_code)
+    return principal.covers(code) or covers(code, principal.jurisdiction)
 
 
 def mask_account(account: str) -> str:
@@ -70,9 +113,25 @@ class Funds:
             agg.replay(event)
         if must_exist and not agg.exists:
             raise DomainError(f"{kind}_not_found", f"{kind} {aggregate_id} does not exist", 404)
+        self.expect(agg, expected_version)
+        return agg
+
+    @staticmethod
+    def expect(agg: Aggregate, expected_version: int | None) -> None:
+        """412 ``version_mismatch`` unless the aggregate is at ``expected_version`` (If-Match; None: any)."""
         if expected_version is not None and expected_version != agg.version:
-            raise DomainError("version_mismatch", f"{kind} {aggregate_id} is at version {agg.version}, not "
+            kind = _KINDS[type(agg)]
+            raise DomainError("version_mismatch", f"{kind} {agg.id} is at version {agg.version}, not "
                               f"{expected_version}", 412, current_version=agg.version)
+
+    async def load_within(self, conn: Any, cls: type, aggregate_id: str, expected_version: int | None,
+                          principal: Principal | None) -> Any:
+        """Load an existing allocation, project or disbursement the caller's jurisdiction covers (403
+        otherwise, before the If-Match version is compared), at ``expected_version``."""
+        agg = await self.load(conn, cls, aggregate_id)
+        region = agg.village_code if isinstance(agg, Disbursement) else agg.region_code
+        require_within(principal, region, f"{_KINDS[cls]} {aggregate_id}")
+        self.expect(agg, expected_version)
         return agg
 
     async def save(self, conn: Any, aggregates: Sequence[Aggregate], meta: Metadata) -> list[RecordedEvent]:
@@ -112,9 +171,11 @@ class Funds:
     # -- allocations and projects ------------------------------------------------------
 
     async def act(self, conn: Any, cls: type, aggregate_id: str, expected: int | None, meta: Metadata,
-                  action: Any, *, allocations_of: Any = None) -> tuple[Any, list[RecordedEvent]]:
-        """Load one aggregate (and the allocations ``allocations_of(agg)`` names), run ``action``, save all."""
-        agg = await self.load(conn, cls, aggregate_id, expected)
+                  action: Any, *, principal: Principal | None,
+                  allocations_of: Any = None) -> tuple[Any, list[RecordedEvent]]:
+        """Load one aggregate in the caller's jurisdiction (and the allocations ``allocations_of(agg)``
+        names: the domain checks that they pay within the project's region), run ``action``, save all."""
+        agg = await self.load_within(conn, cls, aggregate_id, expected, principal)
         allocations: dict[str, Allocation] = {}
         for alloc_id in (allocations_of(agg) if allocations_of else []):
             allocations[alloc_id] = await self.load(conn, Allocation, alloc_id, must_exist=False)
@@ -124,10 +185,12 @@ class Funds:
     # -- disbursements ------------------------------------------------------------------
 
     async def request(self, conn: Any, disbursement_id: str, *, household_id: str, basis: str, period: str,
-                      amount: Any, requested_by: str, meta: Metadata, member_id: str | None = None,
-                      policy_code: str | None = None, project_id: str | None = None, cost_basis: Any = None,
-                      account_number: str | None = None) -> tuple[Disbursement, list[RecordedEvent]]:
+                      amount: Any, requested_by: str, meta: Metadata, principal: Principal | None,
+                      member_id: str | None = None, policy_code: str | None = None, project_id: str | None = None,
+                      cost_basis: Any = None, account_number: str | None = None
+                      ) -> tuple[Disbursement, list[RecordedEvent]]:
         facts = await self.facts(conn, household_id)
+        require_within(principal, facts.village_code, f"household {household_id}")
         project = await self.load(conn, Project, project_id) if project_id else None
         masked = hashed = None
         if account_number:
@@ -167,8 +230,9 @@ class Funds:
         return project, await self.load(conn, Allocation, allocation_id)
 
     async def approve(self, conn: Any, disbursement_id: str, expected: int | None, *, approved_by: str,
-                      meta: Metadata, allocation_id: str | None = None) -> tuple[Disbursement, list[RecordedEvent]]:
-        d = await self.load(conn, Disbursement, disbursement_id, expected)
+                      meta: Metadata, principal: Principal | None,
+                      allocation_id: str | None = None) -> tuple[Disbursement, list[RecordedEvent]]:
+        d = await self.load_within(conn, Disbursement, disbursement_id, expected, principal)
         facts = await self.facts(conn, d.household_id)
         project, allocation = await self._project_and_allocation(conn, d, allocation_id)
         d.approve(approved_by=approved_by, now=self.clock.now(), facts=facts, allocation=allocation, project=project,
@@ -178,8 +242,9 @@ class Funds:
         return d, recorded
 
     async def pay(self, conn: Any, disbursement_id: str, expected: int | None, *, channel: str,
-                  channel_reference: str, paid_on: date, meta: Metadata) -> tuple[Disbursement, list[RecordedEvent]]:
-        d = await self.load(conn, Disbursement, disbursement_id, expected)
+                  channel_reference: str, paid_on: date, meta: Metadata,
+                  principal: Principal | None) -> tuple[Disbursement, list[RecordedEvent]]:
+        d = await self.load_within(conn, Disbursement, disbursement_id, expected, principal)
         project = await self.load(conn, Project, d.project_id) if d.project_id else None
         allocation = await self.load(conn, Allocation, d.allocation_id) if d.allocation_id else None
         if allocation is None:
@@ -193,8 +258,9 @@ class Funds:
         return d, recorded
 
     async def fail_or_reverse(self, conn: Any, disbursement_id: str, expected: int | None, *, reverse: bool,
-                              reason: str, meta: Metadata) -> tuple[Disbursement, list[RecordedEvent]]:
-        d = await self.load(conn, Disbursement, disbursement_id, expected)
+                              reason: str, meta: Metadata,
+                              principal: Principal | None) -> tuple[Disbursement, list[RecordedEvent]]:
+        d = await self.load_within(conn, Disbursement, disbursement_id, expected, principal)
         project = await self.load(conn, Project, d.project_id) if d.project_id else None
         allocation = await self.load(conn, Allocation, d.allocation_id) if d.allocation_id else None
         if reverse:

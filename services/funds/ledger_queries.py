@@ -13,6 +13,19 @@
 * ``GET /ledger/totals``: allocated, reserved, spent and available by fund source and
   budget year, and whether the ledger balances.
 
+Jurisdiction (see ``services/funds/commands.py``): an allocation's balance is readable
+within its region's jurisdictions and by those inside its region; a project's budget
+within the jurisdictions covering its region; a household's funds within those
+covering its village (as its payments record it: a household's village does not
+change; a household with no payment in the ledger has nothing to show). Each is
+a 403 ``outside_jurisdiction`` otherwise. The ledger totals are those of the budget
+lines (allocations) whose region lies within the caller's jurisdiction, computed from
+their own postings, the counter-postings on the source accounts included: allocated,
+debits and credits are theirs, and ``balanced`` checks that part of the ledger. Money
+of a higher-level line (a provincial allocation paying a county's project) counts in
+the totals of that line's jurisdiction, not the county's. The village disclosure is
+public (no caller needed).
+
 Paid amounts are read from the postings on the ``paid:<allocation>`` accounts (see
 ``services/funds/ledger.py`` for the chart of accounts) and attributed to household,
 village, policy and year through the disbursement read model. The year of a payment
@@ -34,15 +47,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.funds import FUND_SOURCES
 from contracts.registry import VILLAGE_CODE_PATTERN
+from eventkit.errors import DomainError
 from eventkit.problems import Problem
-from eventkit.runtime import problem, runtime_of
+from eventkit.runtime import current_principal, domain_problem, jurisdiction_prefix_of, problem, runtime_of
 
+from .commands import may_read_allocation, outside_jurisdiction, require_within
 from .ledger import ZERO, available_account, paid_account, reserved_account
 from .policies import default_catalogue
 
 router = APIRouter(tags=["ledger"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": Problem}, 422: {"model": Problem}}
+ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": Problem}, 403: {"model": Problem},
+                                           404: {"model": Problem}, 422: {"model": Problem}}
 Money = str
 Source = Literal[FUND_SOURCES]  # type: ignore[valid-type]
 
@@ -172,7 +188,8 @@ class VillageDisclosure(_Out):
 class SourceYearTotals(_Out):
     source: str
     year: int
-    allocated: Money = Field(json_schema_extra=_MONEY, description="Minus the balance of source:<source>:<year>.")
+    allocated: Money = Field(json_schema_extra=_MONEY, description=(
+        "Credits minus debits of the jurisdiction's allocations on source:<source>:<year>."))
     reserved: Money = Field(json_schema_extra=_MONEY)
     spent: Money = Field(json_schema_extra=_MONEY)
     available: Money = Field(json_schema_extra=_MONEY)
@@ -185,9 +202,12 @@ class LedgerTotals(_Out):
     reserved: Money = Field(json_schema_extra=_MONEY)
     spent: Money = Field(json_schema_extra=_MONEY)
     available: Money = Field(json_schema_extra=_MONEY)
-    debits: Money = Field(json_schema_extra=_MONEY, description="All debits posted (whole ledger).")
-    credits: Money = Field(json_schema_extra=_MONEY, description="All credits posted (whole ledger).")
-    balanced: bool = Field(description="The whole ledger balances: debits = credits and the balances sum to zero.")
+    debits: Money = Field(json_schema_extra=_MONEY, description=(
+        "All debits posted for the jurisdiction's allocations (every year and source; their source-account "
+        "lines included)."))
+    credits: Money = Field(json_schema_extra=_MONEY, description="All credits posted for them, likewise.")
+    balanced: bool = Field(description="The jurisdiction's part of the ledger balances: debits = credits, and for "
+                                       "every source and year allocated = reserved + spent + available.")
 
 
 # -- allocations -----------------------------------------------------------------------------
@@ -202,6 +222,12 @@ async def allocation_balance(request: Request, allocation_id: uuid.UUID):
     if row is None:
         return problem(404, "allocation_not_found", f"allocation {allocation_id} is not in the ledger",
                        allocation_id=str(allocation_id))
+    try:
+        who = current_principal(request)
+        if not may_read_allocation(who, row["region_code"]):
+            raise outside_jurisdiction(who, f"allocation {allocation_id}", row["region_code"])
+    except DomainError as exc:
+        return domain_problem(exc)
     key = str(allocation_id)
     names = {available_account(key): "available", reserved_account(key): "reserved", paid_account(key): "paid"}
     balances = {name: ZERO for name in names.values()}
@@ -233,6 +259,10 @@ async def project_budget(request: Request, project_id: uuid.UUID):
     if row is None:
         return problem(404, "project_not_found", f"project {project_id} is not in the ledger",
                        project_id=str(project_id))
+    try:
+        require_within(current_principal(request), row["region_code"], f"project {project_id}")
+    except DomainError as exc:
+        return domain_problem(exc)
     lines = await pool.fetch(
         "SELECT f.allocation_id::text AS allocation_id, f.amount, f.released, coalesce(r.reserved, 0) AS reserved"
         " FROM ledger_project_funding f LEFT JOIN ledger_reservations r ON r.allocation_id = f.allocation_id"
@@ -281,7 +311,16 @@ async def household_funds(
     household_id: uuid.UUID,
     year: int | None = Query(None, ge=2000, le=2100, description="Only payments for periods of this year."),
 ):
-    rows = await _pool(request).fetch(_PAYMENTS.format(where="d.household_id = $1"), household_id, year)
+    pool = _pool(request)
+    villages = await pool.fetch("SELECT DISTINCT village_code FROM ledger_disbursements WHERE household_id = $1",
+                                household_id)
+    try:
+        who = current_principal(request)
+        for v in villages:
+            require_within(who, v["village_code"], f"household {household_id}")
+    except DomainError as exc:
+        return domain_problem(exc)
+    rows = await pool.fetch(_PAYMENTS.format(where="d.household_id = $1"), household_id, year)
     items = [FundsRow(basis=r["basis"], policy_code=r["policy_code"], project_id=r["project_id"], year=r["year"],
                       paid=_money(r["paid"]), reversed=_money(r["reversed"]), payments=r["payments"])
              for r in rows]
@@ -323,25 +362,57 @@ async def village_disclosure(
 
 # -- ledger totals -----------------------------------------------------------------------------
 
+# By source and year, over the allocations whose region lies within the jurisdiction ($1: its code
+# prefix): allocated from their lines on the source accounts (each line names its allocation),
+# reserved, spent and available from their own accounts; debits and credits of both.
+_TOTALS = """
+WITH mine AS (
+    SELECT allocation_id, source, year FROM ledger_allocations WHERE rpad(region_code, 12, '0') LIKE $1::text || '%'
+), funded AS (
+    SELECT p.allocation_id, sum(p.credit - p.debit) AS allocated, sum(p.debit) AS debits, sum(p.credit) AS credits
+    FROM ledger_postings p JOIN mine m ON m.allocation_id = p.allocation_id
+    WHERE p.account LIKE 'source:%'
+    GROUP BY p.allocation_id
+), held AS (
+    SELECT b.allocation_id,
+           sum(b.balance) FILTER (WHERE b.kind = 'reserved') AS reserved,
+           sum(b.balance) FILTER (WHERE b.kind = 'paid') AS spent,
+           sum(b.balance) FILTER (WHERE b.kind = 'available') AS available,
+           sum(b.debits) AS debits, sum(b.credits) AS credits
+    FROM ledger_balances b JOIN mine m ON m.allocation_id = b.allocation_id
+    GROUP BY b.allocation_id
+)
+SELECT m.source, m.year,
+       coalesce(sum(f.allocated), 0) AS allocated, coalesce(sum(h.reserved), 0) AS reserved,
+       coalesce(sum(h.spent), 0) AS spent, coalesce(sum(h.available), 0) AS available,
+       coalesce(sum(f.debits), 0) + coalesce(sum(h.debits), 0) AS debits,
+       coalesce(sum(f.credits), 0) + coalesce(sum(h.credits), 0) AS credits
+FROM mine m
+LEFT JOIN funded f ON f.allocation_id = m.allocation_id
+LEFT JOIN held h ON h.allocation_id = m.allocation_id
+GROUP BY m.source, m.year
+ORDER BY m.year, m.source
+"""
+
+
 @router.get("/ledger/totals", response_model=LedgerTotals, responses=ERRORS,
-            summary="Allocated, reserved, spent and available by fund source and year")
+            summary="Allocated, reserved, spent and available by fund source and year, over the budget lines "
+                    "of the caller's jurisdiction")
 async def ledger_totals(
     request: Request,
     year: int | None = Query(None, ge=2000, le=2100, description="Budget year."),
     source: Source | None = Query(None, description="Fund source."),
 ):
-    pool = _pool(request)
-    rows = await pool.fetch(
-        "SELECT source, year,"
-        " coalesce(-sum(balance) FILTER (WHERE kind = 'source'), 0) AS allocated,"
-        " coalesce(sum(balance) FILTER (WHERE kind = 'reserved'), 0) AS reserved,"
-        " coalesce(sum(balance) FILTER (WHERE kind = 'paid'), 0) AS spent,"
-        " coalesce(sum(balance) FILTER (WHERE kind = 'available'), 0) AS available"
-        " FROM ledger_balances WHERE ($1::int IS NULL OR year = $1) AND ($2::text IS NULL OR source = $2)"
-        " GROUP BY source, year ORDER BY year, source", year, source)
-    whole = await pool.fetchrow(
-        "SELECT coalesce(sum(debits), 0) AS debits, coalesce(sum(credits), 0) AS credits,"
-        " coalesce(sum(balance), 0) AS balance FROM ledger_balances")
+    try:
+        prefix = jurisdiction_prefix_of(request)
+    except DomainError as exc:
+        return domain_problem(exc)
+    # One statement (one snapshot), every source and year of the jurisdiction's budget lines: the
+    # whole-ledger figures are over all of them, the rows then filtered by year and source.
+    every = await _pool(request).fetch(_TOTALS, prefix)
+    rows = [r for r in every if (year is None or r["year"] == year) and (source is None or r["source"] == source)]
+    debits = sum((r["debits"] for r in every), ZERO)
+    credits = sum((r["credits"] for r in every), ZERO)
     items = [SourceYearTotals(
         source=r["source"], year=r["year"], allocated=_money(r["allocated"]), reserved=_money(r["reserved"]),
         spent=_money(r["spent"]), available=_money(r["available"]),
@@ -352,5 +423,6 @@ async def ledger_totals(
 
     return LedgerTotals(
         rows=items, allocated=total("allocated"), reserved=total("reserved"), spent=total("spent"),
-        available=total("available"), debits=_money(whole["debits"]), credits=_money(whole["credits"]),
-        balanced=whole["debits"] == whole["credits"] and whole["balance"] == 0 and all(i.balanced for i in items))
+        available=total("available"), debits=_money(debits), credits=_money(credits),
+        balanced=debits == credits and all(r["allocated"] == r["reserved"] + r["spent"] + r["available"]
+                                           for r in every))

@@ -11,6 +11,14 @@ other line becomes a reconciliation exception (``unmatched``, ``amount_mismatch`
 ``date_mismatch``, ``account_mismatch``, ``status_mismatch``,
 ``already_reconciled``, ``duplicate_line``) for an operator to clear. The same
 file (by SHA-256) cannot be imported twice.
+
+Jurisdiction: a statement names no region, so it belongs to its importer. Only a
+county office imports (the gateway's ``funds:pay``, checked again here); the
+statement records the importer and its jurisdiction, and is readable within the
+jurisdictions covering it (403 ``outside_jurisdiction`` otherwise). A line whose
+reference names a payment to a household outside the importer's jurisdiction is
+not reconciled: it becomes an ``outside_jurisdiction`` exception that names neither
+the payment nor its amount, date or account.
 """
 
 from __future__ import annotations
@@ -30,10 +38,11 @@ from fastapi.responses import JSONResponse
 from contracts import funds as ev
 from eventkit.errors import DomainError
 from eventkit.events import Metadata
-from eventkit.runtime import problem, required_actor, runtime_of
+from eventkit.runtime import current_principal, problem, require_covers, runtime_of
 from eventkit.telemetry import correlation_id
 
 from .api import ERRORS, funds_of
+from .commands import region12
 from .domain import Disbursement, fmt
 
 router = APIRouter(tags=["reconciliation"])
@@ -110,7 +119,11 @@ def _exception(line: Line, kind: str, detail: str, disbursement_id: str | None =
              openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {
                  "type": "string", "description": "reference,account_masked,amount,date,status"}}}}})
 async def import_statement(request: Request, channel: str = Query(pattern=f"^({'|'.join(ev.PAYMENT_CHANNELS)})$")):
-    actor = required_actor(request, "importing a statement")
+    who = current_principal(request, "importing a statement")
+    if "county_office" not in who.roles:
+        raise DomainError("forbidden", "only a county office imports payment-channel statements", 403,
+                          action="funds:pay")
+    actor = who.id
     funds = funds_of(request)
     data = await request.body()
     if len(data) > MAX_BYTES:
@@ -126,10 +139,15 @@ async def import_statement(request: Request, channel: str = Query(pattern=f"^({'
     reconciled: list[str] = []
     async with runtime_of(request).pool.acquire() as conn:
         async with conn.transaction():
-            known = await conn.fetchval("SELECT statement_id FROM fd_statements WHERE file_sha256 = $1", digest)
-            if known:
-                raise DomainError("statement_already_imported", f"this file was imported as statement {known}",
-                                  409, statement_id=known)
+            known = await conn.fetchrow("SELECT statement_id, importer_jurisdiction FROM fd_statements"
+                                        " WHERE file_sha256 = $1", digest)
+            if known is not None:
+                theirs = known["importer_jurisdiction"]
+                if theirs is not None and who.covers(theirs):
+                    raise DomainError("statement_already_imported", "this file was imported as statement "
+                                      f"{known['statement_id']}", 409, statement_id=known["statement_id"])
+                raise DomainError("statement_already_imported", "this file was already imported (by another "
+                                  "jurisdiction)", 409)
             seen: set[str] = set()
             touched: list[Disbursement] = []
             for line in lines:
@@ -138,10 +156,14 @@ async def import_statement(request: Request, channel: str = Query(pattern=f"^({'
                     continue
                 seen.add(line.reference)
                 row = await conn.fetchrow(
-                    "SELECT disbursement_id, status, amount, paid_on, account_masked FROM fd_disbursements"
-                    " WHERE channel = $1 AND channel_reference = $2", channel, line.reference)
+                    "SELECT disbursement_id, village_code, status, amount, paid_on, account_masked FROM"
+                    " fd_disbursements WHERE channel = $1 AND channel_reference = $2", channel, line.reference)
                 if row is None:
                     exceptions.append(_exception(line, "unmatched", "no payment with this reference"))
+                    continue
+                if not who.covers(region12(row["village_code"])):
+                    exceptions.append(_exception(line, "outside_jurisdiction", "the payment with this reference "
+                                                 f"is outside jurisdiction {who.jurisdiction}"))
                     continue
                 did = row["disbursement_id"]
                 problems = []
@@ -167,9 +189,9 @@ async def import_statement(request: Request, channel: str = Query(pattern=f"^({'
                 touched.append(d)
                 reconciled.append(did)
             await conn.execute(
-                "INSERT INTO fd_statements (statement_id, channel, file_sha256, lines, matched, exceptions)"
-                " VALUES ($1, $2, $3, $4, $5, $6)", statement_id, channel, digest, len(lines), len(reconciled),
-                len(exceptions))
+                "INSERT INTO fd_statements (statement_id, channel, file_sha256, lines, matched, exceptions,"
+                " imported_by, importer_jurisdiction) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", statement_id, channel,
+                digest, len(lines), len(reconciled), len(exceptions), actor, who.jurisdiction)
             for i, e in enumerate(exceptions):
                 await conn.execute(
                     "INSERT INTO fd_reconciliation_exceptions (statement_id, line_no, reference, kind, detail,"
@@ -181,17 +203,19 @@ async def import_statement(request: Request, channel: str = Query(pattern=f"^({'
                 await conn.execute("UPDATE fd_disbursements SET status = $2, version = $3 WHERE disbursement_id = $1",
                                    d.id, d.status, d.version)
     body = {"statement_id": statement_id, "channel": channel, "lines": len(lines), "reconciled": reconciled,
-            "exceptions": exceptions}
+            "exceptions": exceptions, "importer_jurisdiction": who.jurisdiction}
     return JSONResponse(body, status_code=201, headers={"Location": f"/statements/{statement_id}"})
 
 
 @router.get("/statements/{statement_id}", responses=ERRORS, summary="An imported statement and its exceptions")
 async def get_statement(statement_id: uuid.UUID, request: Request):
     pool = runtime_of(request).pool
-    row = await pool.fetchrow("SELECT statement_id, channel, imported_at, lines, matched, exceptions FROM fd_statements"
-                              " WHERE statement_id = $1", str(statement_id))
+    row = await pool.fetchrow("SELECT statement_id, channel, imported_at, lines, matched, exceptions, imported_by,"
+                              " importer_jurisdiction FROM fd_statements WHERE statement_id = $1", str(statement_id))
     if row is None:
         raise DomainError("statement_not_found", f"statement {statement_id} does not exist", 404)
+    # Imported before importers were recorded: no jurisdiction, readable at province level only.
+    require_covers(request, row["importer_jurisdiction"], f"statement {statement_id}")
     exceptions = await pool.fetch("SELECT line_no, reference, kind, detail, disbursement_id FROM"
                                   " fd_reconciliation_exceptions WHERE statement_id = $1 ORDER BY line_no",
                                   str(statement_id))
