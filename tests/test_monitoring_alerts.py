@@ -1,6 +1,6 @@
 """Return-risk alerts end to end: rules over the registry's events and cadres' reports, an alert
 not raised twice while open, the lifecycle through the gateway with the workflow's verification
-case, and escalation when overdue."""
+case, and escalation when overdue; an operator of another county is refused every alert of this one."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from eventkit.clock import FixedClock
 from eventkit.testing import wait_until
 
 from .conftest import village_code
-from .harness import running_platform
+from .harness import ActAs, bearer, ensure_account, principal, running_platform
 from .registry_helpers import household, seed_village
 
 API = "/api/v1"
@@ -27,8 +27,9 @@ async def test_alerts_are_raised_by_the_rules_once_and_follow_their_lifecycle(in
         v = village_code()
         async with p["registry"][1].pool.acquire() as conn:
             await seed_village(conn, v)
-        operator = {"x-tpa-actor": "op-1"}
-        async with httpx.AsyncClient(base_url=p["gateway"][0] + API, timeout=30, headers=operator) as client:
+        gateway = p["gateway"][1]
+        async with httpx.AsyncClient(base_url=p["gateway"][0] + API, timeout=30,
+                                     auth=ActAs(p, village=v)) as client:
             hid = (await client.post("/households", json=household(v))).json()["household_id"]
             year = clock.now().year - 1
             r = await client.put(f"/households/{hid}/incomes/{year}", json={"wage": "1200.00"})
@@ -61,6 +62,26 @@ async def test_alerts_are_raised_by_the_rules_once_and_follow_their_lifecycle(in
             r = await client.post(f"/households/{uuid.uuid4()}/risk-reports", json={"kind": "other"})
             assert r.status_code == 404
 
+            # An operator of another county sees none of these alerts, and may act on none.
+            other = principal("operator", _other_county(v), user_id="op-elsewhere")
+            await ensure_account(gateway, other)
+            elsewhere = bearer(other)
+            assert (await client.get("/alerts", params={"region": v}, headers=elsewhere)).json() == \
+                {"total": 0, "items": []}
+            listed = (await client.get("/alerts", params={"limit": 1000}, headers=elsewhere)).json()["items"]
+            assert not {a["alert_id"] for a in listed} & {a["alert_id"] for a in items}
+            for a in items:
+                r = await client.get(f"/alerts/{a['alert_id']}", headers=elsewhere)
+                assert r.status_code == 403 and r.json()["code"] == "outside_jurisdiction", r.text
+            r = await client.post(f"/alerts/{income['alert_id']}/acknowledgement", json={}, headers=elsewhere)
+            assert r.status_code == 403 and r.json()["code"] == "outside_jurisdiction"
+            r = await client.post(f"/alerts/{income['alert_id']}/resolution", headers={**elsewhere, "If-Match": "99"},
+                                  json={"resolution": "not_confirmed"})
+            assert r.status_code == 403  # not 412: a refused caller learns nothing of the alert's version
+            r = await client.post(f"/households/{hid}/risk-reports", json={"kind": "other"}, headers=elsewhere)
+            assert r.status_code == 403 and r.json()["code"] == "outside_jurisdiction"
+            assert (await client.get(f"/alerts/{income['alert_id']}")).json()["state"] == "raised"  # untouched
+
             # A compulsory-age child leaves school; safe housing, secured last year, is lost.
             child = [m["member_id"] for m in (await client.get(f"/households/{hid}")).json()["members"]
                      if m["relation"] == "20"][0]
@@ -90,8 +111,9 @@ async def test_alerts_are_raised_by_the_rules_once_and_follow_their_lifecycle(in
                 return body["items"] if body["total"] else None
             [case] = await wait_until(case_opened, timeout=30, message="the verification case")
             assert case["subject"] == "income"
-            township = {"x-tpa-actor": "tw-1", "x-tpa-role": "township_reviewer", "x-tpa-level": "township",
-                        "x-tpa-jurisdiction": v[:9].ljust(12, "0")}
+            reviewer = principal("township_reviewer", v[:9].ljust(12, "0"), user_id="tw-1")
+            await ensure_account(gateway, reviewer)
+            township = bearer(reviewer)
             r = await client.post(f"/cases/{case['case_id']}/decisions", headers=township, json={
                 "step_id": "township_verification", "decision": "reject", "comment": "入户核实收入已恢复"})
             assert r.status_code == 200, r.text
@@ -125,3 +147,9 @@ async def test_alerts_are_raised_by_the_rules_once_and_follow_their_lifecycle(in
                                               "disaster_reported": {"raised": 1},
                                               "child_out_of_school": {"raised": 1},
                                               "housing_or_water_lost": {"raised": 1}}
+
+
+def _other_county(village: str) -> str:
+    """A county (12-digit code) that is not the village's."""
+    county = "10" if village[4:6] != "10" else "11"
+    return village[:4] + county + "000000"

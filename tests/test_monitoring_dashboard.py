@@ -1,4 +1,5 @@
-"""Dashboard figures through the gateway equal those recomputed from the services' event stores."""
+"""Dashboard figures through the gateway equal those recomputed from the services' event stores;
+the service itself refuses a region outside the caller's jurisdiction (defence in depth)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,18 @@ from eventkit.testing import wait_until
 from services.funds.domain import CHINA_TZ
 
 from .conftest import village_code
-from .harness import running_platform
+from .harness import (
+    ActAs,
+    bearer,
+    ensure_account,
+    internal_headers,
+    principal,
+    running_platform,
+)
 from .registry_helpers import household, seed_village
 
 API = "/api/v1"
 POOR = ("identified", "returned_to_poverty")
-ACTOR = {"x-tpa-actor": "ops-1"}
 
 
 async def _all_events(runtime) -> list:
@@ -125,7 +132,8 @@ async def test_dashboard_figures_equal_a_recomputation_from_the_event_stores(inf
         async with p["registry"][1].pool.acquire() as conn:
             await seed_village(conn, v1)
             await seed_village(conn, v2)
-        async with httpx.AsyncClient(base_url=p["gateway"][0] + API, timeout=30, headers=ACTOR) as client:
+        async with httpx.AsyncClient(base_url=p["gateway"][0] + API, timeout=30,
+                                     auth=ActAs(p, village=v1)) as client:
             ids = {}
             for name, village, identified in (("a", v1, True), ("b", v1, True), ("c", v1, False), ("d", v2, True)):
                 r = await client.post("/households", json=household(village))
@@ -161,8 +169,9 @@ async def test_dashboard_figures_equal_a_recomputation_from_the_event_stores(inf
             assert r.status_code == 200, r.text
 
             # Workflow: an identification case for the applicant, overdue at its first step.
-            cadre = {"x-tpa-actor": "cadre-1", "x-tpa-role": "cadre", "x-tpa-level": "village",
-                     "x-tpa-jurisdiction": v1}
+            cadre_principal = principal("cadre", v1, user_id="cadre-1")
+            await ensure_account(p["gateway"][1], cadre_principal)
+            cadre = bearer(cadre_principal)
 
             async def open_case():
                 return await client.post("/cases", json={"case_type": "identification", "household_id": ids["c"],
@@ -177,8 +186,9 @@ async def test_dashboard_figures_equal_a_recomputation_from_the_event_stores(inf
             assert await wf_runtime.state["workflow"].flag_overdue(wf_runtime.pool) >= 1
 
             stores = [await _all_events(p[s][1]) for s in ("registry", "funds", "workflow", "monitoring")]
-            for region in (v1[:9], v1):
-                expected = expected_from_stores(region, *stores)
+            # (the township by its 12-digit code: the gateway checks path regions of 6 or 12 digits)
+            for prefix, region in ((v1[:9], v1[:9] + "000"), (v1, v1)):
+                expected = expected_from_stores(prefix, *stores)
 
                 async def matches():
                     got = (await client.get(f"/dashboards/{region}")).json()
@@ -186,12 +196,26 @@ async def test_dashboard_figures_equal_a_recomputation_from_the_event_stores(inf
                 got = await wait_until(matches, timeout=30, message=f"the dashboard of {region} to catch up")
                 incidence = {v["village_code"]: v["incidence"] for v in got["villages"] if v["incidence"] is not None}
                 assert incidence == expected["incidence"]
-            township = (await client.get(f"/dashboards/{v1[:9]}")).json()
+            township = (await client.get(f"/dashboards/{v1[:9]}000")).json()
             assert township["households_by_status"] == {"identified": 3, "applicant": 1}
             assert township["funds_paid_by_source"] == {"provincial": "1250.00"}
             assert township["overdue_steps_by_type"] == {"identification": 1}
             [village] = [x for x in township["villages"] if x["village_code"] == v1]
             assert village["poor_people"] == 6 and village["below_exit_threshold"] is False
+
+            # The service checks the region too (defence in depth), whoever calls it directly.
+            monitoring = p["monitoring"][0]
+            other_county = principal("operator", v1[:4] + ("10" if v1[4:6] != "10" else "11") + "000000")
+            own_county = principal("operator", v1[:6] + "000000")
+            for path in (f"/dashboards/{v1}", f"/dashboards/{v1[:9]}", f"/dashboards/{v1[:6]}",
+                         f"/villages/{v1}/households"):
+                r = await client.get(monitoring + path, headers=internal_headers(other_county))
+                assert r.status_code == 403 and r.json()["code"] == "outside_jurisdiction", (path, r.text)
+                assert (await client.get(monitoring + path, headers=internal_headers(own_county))).status_code == 200
+            r = await client.get(monitoring + f"/dashboards/{v1[:4]}", headers=internal_headers(own_county))
+            assert r.status_code == 403  # the county does not cover its city
+            r = await client.get(monitoring + f"/dashboards/{v1}", headers=internal_headers(None))
+            assert r.status_code == 401  # anonymous
 
 
 async def _created(call) -> Any:

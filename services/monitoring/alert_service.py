@@ -11,6 +11,15 @@ a case) and resolve through the API; a verification case concluded in the workfl
 resolves its alert (``alert-resolutions``); the overdue scan escalates alerts past
 their time limits. Every alert event is also queued for the webhook subscribers and
 streamed to operators over Server-Sent Events.
+
+Jurisdiction: the gateway checks the action (``alerts:read``, ``alerts:manage``; a risk
+report needs ``household:write`` or ``alerts:manage``); this service checks the record.
+An alert belongs to its household's village: the list holds only alerts within the
+caller's jurisdiction (and within ``region`` when given: the two filters combine), and
+one alert, its acknowledgement, verification request and resolution are 403
+``outside_jurisdiction`` for a caller whose jurisdiction does not cover the village
+(checked before the ``If-Match`` version, so that a refused caller learns nothing of the
+alert's state). A risk report for a household outside the caller's jurisdiction is 403.
 """
 
 from __future__ import annotations
@@ -32,7 +41,9 @@ from eventkit.clock import Clock
 from eventkit.errors import ConcurrencyError, DomainError
 from eventkit.events import Metadata, RecordedEvent
 from eventkit.projection import Message
-from eventkit.runtime import Problem, idempotent, if_match_version, required_actor, runtime_of
+from eventkit.runtime import (
+    Problem, idempotent, if_match_version, jurisdiction_prefix_of, require_covers, required_actor, runtime_of,
+)
 from eventkit.idempotency import CommandResult
 from eventkit.aggregate import save_all
 from eventkit.store import EventStore
@@ -46,7 +57,7 @@ from .rules import (
 )
 
 log = logging.getLogger("tpa.monitoring.alerts")
-ERRORS = {code: {"model": Problem} for code in (401, 404, 409, 412, 422)}
+ERRORS = {code: {"model": Problem} for code in (401, 403, 404, 409, 412, 422)}
 
 
 def verification_case_id(alert_id: str) -> str:
@@ -62,7 +73,10 @@ class Alerts:
     limits: OverdueLimits
     on_events: Any = None  # async (conn, recorded) -> None: webhook queue
 
-    async def load(self, conn: Any, alert_id: str, expected: int | None = None) -> Alert:
+    async def load(self, conn: Any, alert_id: str, expected: int | None = None,
+                   request: Request | None = None) -> Alert:
+        """The alert (404 when there is none); with ``request``, 403 ``outside_jurisdiction`` unless the
+        caller covers its village (checked before the ``expected`` version: 412)."""
         alert = Alert(alert_id)
         for e in await self.store.read_stream(alert_id, conn=conn):
             if e.stream_type != Alert.stream_type:
@@ -70,6 +84,8 @@ class Alerts:
             alert.replay(e)
         if not alert.exists:
             raise DomainError("alert_not_found", f"alert {alert_id} does not exist", 404)
+        if request is not None:
+            require_covers(request, alert.village_code, f"alert {alert_id}")
         if expected is not None and expected != alert.version:
             raise DomainError("version_mismatch", f"alert {alert_id} is at version {alert.version}", 412,
                               current_version=alert.version)
@@ -259,6 +275,9 @@ async def report_risk(household_id: uuid.UUID, body: RiskReport, request: Reques
         if not await conn.fetchval("SELECT 1 FROM mon_risk_events WHERE household_id = $1 LIMIT 1", hid):
             raise DomainError("household_unknown", f"household {hid} is not in the register (or not yet known to "
                               "monitoring)", 404)
+        village = await conn.fetchval("SELECT data->>'village_code' FROM mon_risk_events WHERE household_id = $1"
+                                      " AND event_type = 'HouseholdRegistered' ORDER BY version LIMIT 1", hid)
+        require_covers(request, village, f"household {hid}")
         report = CadreReport.parse({"report_id": report_id, "kind": body.kind, "risk": body.risk, "note": body.note,
                                     "reported_at": (body.reported_at or alerts.clock.now()).isoformat()})
         await conn.execute("INSERT INTO mon_reports (report_id, household_id, reported_by, data) VALUES"
@@ -278,7 +297,7 @@ def _alert_command(path: str, model: type[BaseModel] | None, summary: str, run) 
         expected = if_match_version(request)
 
         async def handle(conn) -> CommandResult:
-            alert = await alerts.load(conn, str(alert_id), expected)
+            alert = await alerts.load(conn, str(alert_id), expected, request)
             run(alert, body, actor, alerts.clock.now())
             recorded = await alerts.save(conn, alert, Metadata(actor=actor, correlation_id=correlation_id.get()))
             return CommandResult(200, {"alert_id": alert.id, "version": alert.version, "state": alert.state,
@@ -325,7 +344,8 @@ class AlertPage(BaseModel):
     items: list[AlertRow]
 
 
-@router.get("/alerts", response_model=AlertPage, summary="Alerts by region, severity, state, rule and age")
+@router.get("/alerts", response_model=AlertPage, responses=ERRORS,
+            summary="Alerts by region, severity, state, rule and age, within the caller's jurisdiction")
 async def list_alerts(request: Request,
                       region: str | None = Query(default=None, pattern=REGION_CODE_PATTERN),
                       severity: Literal["low", "medium", "high"] | None = None,
@@ -340,6 +360,7 @@ async def list_alerts(request: Request,
     def add(clause: str, value: Any) -> None:
         args.append(value)
         where.append(clause.format(f"${len(args)}"))
+    add("village_code LIKE {}", jurisdiction_prefix_of(request) + "%")  # only the caller's jurisdiction
     if region:
         add("village_code LIKE {}", _prefix(region) + "%")
     if severity:
@@ -363,7 +384,7 @@ async def list_alerts(request: Request,
 async def get_alert(alert_id: uuid.UUID, request: Request):
     alerts = alerts_of(request)
     async with runtime_of(request).pool.acquire() as conn:
-        alert = await alerts.load(conn, str(alert_id))
+        alert = await alerts.load(conn, str(alert_id), request=request)
     snap = alert.snapshot()
     out = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in snap.items() if not k.startswith("_")}
     out["alert_id"] = alert.id

@@ -1,12 +1,23 @@
 """Attendance HTTP API and the registry facts it needs.
 
-* ``POST /attendance/batches``: an offline batch from the app of the cadre named by
-  ``X-TPA-Actor`` (asserted until the gateway authenticates, ADR 0010). Items are
+* ``POST /attendance/batches``: an offline batch from the app of the signed-in cadre
+  (or resident-team member): the stream is always the caller's own (the principal's
+  id, vouched for by the gateway), nobody records for someone else. Items are
   answered one by one (accepted with their flags, duplicate, or rejected with a
-  code): a batch sent again records nothing twice.
+  code): a batch sent again records nothing twice. An item about a household whose
+  village the caller's jurisdiction does not cover, unless the caller is paired with
+  that household (an assignment the register made), and a team day at a village
+  outside the jurisdiction, are rejected with the code ``outside_jurisdiction``; the
+  rest of the batch is recorded (one refused item must not lose a day of offline
+  work). Items already recorded stay duplicates; unknown households stay
+  ``unknown_household``.
 * ``GET /cadres/{cadre_id}/compliance/{quarter}``: the duties the cadre missed in an
   ended quarter, computed now; ``POST`` to the same path publishes them as
-  ``DutyNonCompliance`` (each finding once).
+  ``DutyNonCompliance`` (each finding once). Monitoring keeps no record of a cadre's
+  own post, so a cadre's region is that of the households the cadre is (or was)
+  paired with: the caller's jurisdiction must cover every one of their villages
+  (403 ``outside_jurisdiction``), and a cadre with no pairing is covered by
+  province-level callers only. A cadre may always read their own findings.
 
 The projection ``household-geo`` keeps each household's village and coordinates and
 the cadres' pairings from the registry's topic.
@@ -14,27 +25,30 @@ the cadres' pairings from the registry's topic.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from datetime import date, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.registry import HOUSEHOLD_TOPIC
+from contracts.registry import HOUSEHOLD_TOPIC, VILLAGE_CODE_PATTERN
 from eventkit.errors import ConcurrencyError
 from eventkit.events import Metadata, NewEvent
 from eventkit.projection import Message
-from eventkit.runtime import Problem, required_actor, runtime_of
+from eventkit.principal import Principal
+from eventkit.runtime import Problem, current_principal, require_covers, required_actor, runtime_of
 from eventkit.aggregate import save_all
 from eventkit.store import NO_STREAM
 from eventkit.telemetry import correlation_id
 
-from .attendance import AttendanceSettings, CadreAttendance, china_date
+from .attendance import KINDS, AttendanceSettings, BatchResult, CadreAttendance, ItemResult, china_date
 from .compliance import DutySettings, quarterly_findings
 
 router = APIRouter(tags=["attendance"])
-ERRORS = {code: {"model": Problem} for code in (401, 404, 409, 422)}
+ERRORS = {code: {"model": Problem} for code in (401, 403, 404, 409, 422)}
 CONFLICT_RETRIES = 5
 
 
@@ -92,9 +106,36 @@ async def _mirror(conn: Any, recorded: list) -> None:
             bool(d.get("outside_geofence")), bool(d.get("impossible_travel")))
 
 
-@router.post("/attendance/batches", responses=ERRORS, summary="Record an offline batch of the cadre's attendance")
+def _outside(principal: Principal, agg: CadreAttendance, items: list[Any], villages: dict[str, str],
+             paired: set[str]) -> dict[int, ItemResult]:
+    """The items (by index) about a household or village outside the caller's jurisdiction,
+    rejected with ``outside_jurisdiction`` (items already recorded are left to ``ingest``)."""
+    refused: dict[int, ItemResult] = {}
+    for index, raw in enumerate(items):
+        if not isinstance(raw, dict):
+            continue
+        client_id = raw.get("client_event_id") if isinstance(raw.get("client_event_id"), str) else None
+        if client_id is not None and client_id in agg.client_event_ids:
+            continue
+        kind = raw.get("kind") if raw.get("kind") in KINDS else None
+        household, village = raw.get("household_id"), raw.get("village_code")
+        if isinstance(household, str) and household in villages and household not in paired \
+                and not principal.covers(villages[household]):
+            refused[index] = ItemResult(index, client_id, "rejected", kind, code="outside_jurisdiction", reason=(
+                f"household {household} is outside jurisdiction {principal.jurisdiction} and not paired with "
+                f"{principal.id}"), field="household_id")
+        elif kind == "team_day" and isinstance(village, str) and re.fullmatch(VILLAGE_CODE_PATTERN, village) \
+                and not principal.covers(village):
+            refused[index] = ItemResult(index, client_id, "rejected", kind, code="outside_jurisdiction", reason=(
+                f"village {village} is outside jurisdiction {principal.jurisdiction}"), field="village_code")
+    return refused
+
+
+@router.post("/attendance/batches", responses=ERRORS,
+             summary="Record an offline batch of the signed-in cadre's own attendance")
 async def record_batch(body: Batch, request: Request):
-    cadre = required_actor(request, "an attendance batch")
+    principal = current_principal(request, "an attendance batch")
+    cadre = principal.id  # one's own attendance only
     runtime = runtime_of(request)
     settings: AttendanceSettings = runtime.state["attendance_settings"]
     households = {str(i.get("household_id")) for i in body.items if isinstance(i, dict) and i.get("household_id")}
@@ -106,11 +147,20 @@ async def record_batch(body: Batch, request: Request):
                 locations = {r["household_id"]: (r["latitude"], r["longitude"]) if r["latitude"] is not None
                              else None for r in rows}
                 villages = {r["household_id"]: r["village_code"] for r in rows}
+                paired = {r["household_id"] for r in await conn.fetch(
+                    "SELECT household_id FROM mon_pairings WHERE cadre_id = $1 AND household_id = ANY($2::text[])",
+                    cadre, sorted(villages))}
                 agg = CadreAttendance(cadre)
                 for event in await runtime.store.read_stream(cadre, conn=conn):
                     agg.replay(event)
-                result = agg.ingest(body.items, now=runtime.state["clock"].now(), household_locations=locations,
-                                    household_villages=villages, settings=settings)
+                refused = _outside(principal, agg, body.items, villages, paired)
+                kept = [i for i in range(len(body.items)) if i not in refused]
+                ingested = agg.ingest([body.items[i] for i in kept], now=runtime.state["clock"].now(),
+                                      household_locations=locations, household_villages=villages,
+                                      settings=settings)
+                answers = {**refused, **{kept[r.index]: dataclasses.replace(r, index=kept[r.index])
+                                         for r in ingested.items}}
+                result = BatchResult(tuple(answers[i] for i in range(len(body.items))))
                 try:
                     recorded = await save_all(runtime.store, [agg],
                                               Metadata(actor=cadre, correlation_id=correlation_id.get()), conn=conn)
@@ -128,6 +178,9 @@ async def record_batch(body: Batch, request: Request):
 async def compliance(request: Request, cadre_id: str = Path(min_length=1, max_length=64,
                                                            pattern=r"^[A-Za-z0-9._:-]+$"),
                      quarter: str = Path(pattern=r"^20[0-9]{2}-Q[1-4]$")):
+    principal = current_principal(request, "duty findings")
+    if not (principal.type == "user" and principal.id == cadre_id):  # one's own findings: always
+        await require_covers_cadre(request, cadre_id)
     return {"cadre_id": cadre_id, "quarter": quarter, "findings": await _findings(request, cadre_id, quarter)}
 
 
@@ -137,8 +190,20 @@ async def publish_compliance(request: Request, cadre_id: str = Path(min_length=1
                                                                    pattern=r"^[A-Za-z0-9._:-]+$"),
                              quarter: str = Path(pattern=r"^20[0-9]{2}-Q[1-4]$")):
     actor = required_actor(request, "publishing duty findings")
+    await require_covers_cadre(request, cadre_id)
     findings, published = await publish_findings(runtime_of(request), cadre_id, quarter, actor)
     return {"cadre_id": cadre_id, "quarter": quarter, "findings": findings, "published": published}
+
+
+async def require_covers_cadre(request: Request, cadre_id: str) -> None:
+    """403 ``outside_jurisdiction`` unless the caller covers the villages of every household the cadre
+    is or was paired with (the cadre's region as monitoring knows it; none: province callers only)."""
+    villages = [r["village_code"] for r in await runtime_of(request).pool.fetch(
+        "SELECT DISTINCT village_code FROM mon_pairings WHERE cadre_id = $1 ORDER BY village_code", cadre_id)]
+    if not villages:
+        require_covers(request, None, f"cadre {cadre_id} (paired with no household)")
+    for village in villages:
+        require_covers(request, village, f"cadre {cadre_id}'s household in village {village}")
 
 
 async def publish_findings(runtime: Any, cadre_id: str, quarter: str, actor: str) -> tuple[list, list[str]]:

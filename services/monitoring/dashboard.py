@@ -13,6 +13,11 @@ funds paid by source and by policy (net of reversals); open review cases and
 overdue steps by case type; attendance (paired households visited in the current
 quarter, flagged check-ins, published non-compliance findings) and return-risk
 alerts by rule and state, from the monitoring service's own tables.
+
+The gateway checks the region in the path against the caller's jurisdiction; the service
+checks it again (defence in depth): 403 ``outside_jurisdiction`` for a region the caller's
+jurisdiction does not cover (a county office sees its county and the townships and villages
+in it, not its city).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from contracts.funds import ALLOCATION_TOPIC, DISBURSEMENT_TOPIC
 from contracts.registry import HOUSEHOLD_TOPIC, REGION_CODE_PATTERN, VILLAGE_TOPIC
 from contracts.workflow import CASE_TOPIC
 from eventkit.projection import Message
-from eventkit.runtime import runtime_of
+from eventkit.runtime import Problem, require_covers, runtime_of
 
 POOR_STATUSES = ("identified", "returned_to_poverty")
 DEFAULT_EXIT_THRESHOLD = Decimal("0.03")  # poverty incidence below 3 % (2 % in some provinces; domain.md 4)
@@ -167,11 +172,13 @@ def _prefix(region: str) -> str:
 
 
 @router.get("/dashboards/{region}", response_model=RegionDashboard,
+            responses={code: {"model": Problem} for code in (401, 403, 422)},
             summary="Households, incidence, causes, funds and review cases of a region (any level)")
 async def region_dashboard(request: Request, region: str = Path(pattern=REGION_CODE_PATTERN),
                            exit_threshold: float = Query(float(DEFAULT_EXIT_THRESHOLD), gt=0, lt=1, description=(
                                "Poverty incidence below which a village may exit (0.03 or 0.02).")),
                            limit: int = Query(500, ge=1, le=5000, description="Most villages listed.")):
+    require_covers(request, region.ljust(12, "0"), f"region {region}")
     like = _prefix(region) + "%"
     pool = runtime_of(request).pool
     async with pool.acquire() as conn:
