@@ -83,10 +83,13 @@ def jurisdiction_prefix(code: str) -> str:
 
 
 def covers(jurisdiction: str, code: Any) -> bool:
-    """Whether the region ``code`` (typically a 12-digit village code; any 6- or 12-digit region code)
-    lies within ``jurisdiction``. A malformed ``code`` is covered by nothing; a malformed
-    jurisdiction raises ``DomainError`` (``invalid_jurisdiction``)."""
+    """Whether the region ``code`` lies within ``jurisdiction``: a 12-digit code, a 6-digit GB/T 2260
+    code, or a level's prefix as the query APIs take it (2 digits a province, 4 a city, 9 a
+    township). A malformed ``code`` is covered by nothing; a malformed jurisdiction raises
+    ``DomainError`` (``invalid_jurisdiction``)."""
     prefix = jurisdiction_prefix(jurisdiction)
+    if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) in (2, 4, 9):
+        code = code.ljust(12, "0")
     try:
         target = region_code(code, "code")
     except DomainError:

@@ -559,7 +559,10 @@ async def idempotent(
     key = request.headers.get("idempotency-key")
     if key is not None and not (1 <= len(key) <= 255):
         return problem(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters")
-    scope = f"{request.method} {request.url.path}"
+    # A key is the caller's own: another caller reusing it runs its own command (or is told the key
+    # was used for a different request), never gets someone else's result.
+    caller = principal_of(request)
+    scope = f"{caller.subject if caller else 'anonymous'} {request.method} {request.url.path}"
     result = await run_command(
         runtime.pool, handler, key=key, scope=scope,
         fingerprint=request_fingerprint(request.method, request.url.path, body))

@@ -27,7 +27,7 @@ import uuid
 from typing import Annotated, Any, Callable
 
 import httpx
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 from typing import Literal
 
@@ -49,7 +49,7 @@ from services.workflow import api as wa
 from services.workflow import queries as wq
 from services.registry import exchange_api as xa
 
-from .guard import BEARER, Caller, authorise, caller_of, denied_upstream
+from .guard import BEARER, Caller, denied_upstream, guard
 
 router = APIRouter(prefix="/api/v1")
 
@@ -59,7 +59,6 @@ _RETURNED = ("content-type", "content-disposition", "etag", "x-correlation-id", 
              "referrer-policy", "x-robots-tag", "retry-after")
 UPLOAD_TIMEOUT = httpx.Timeout(600.0, connect=2.0)  # an import runs within its request
 _PARAM = re.compile(r"{(\w+)}")
-_REGION_PARAMS = ("village_code", "region", "code")
 
 
 class VillageCount(BaseModel):
@@ -124,14 +123,7 @@ def route(method: str, path: str, service: str, *, action: str | tuple[str, ...]
     ROUTE_ACTIONS[(method, router.prefix + path)] = actions
 
     async def endpoint(request: Request, **kwargs: Any) -> Response:
-        caller = await caller_of(request, required=actions is not None)
-        if isinstance(caller, Response):
-            return caller
-        if actions is not None:
-            regions = [str(kwargs[n]) for n in names if n in _REGION_PARAMS]
-            refused = await authorise(request, caller, actions, regions)
-            if refused is not None:
-                return refused
+        caller: Caller | None = request.state.caller  # set by the route's guard
         target = (upstream or path).format(**{n: quote(str(kwargs[n]), safe="") for n in names})
         payload = kwargs.get("body")
         if raw_body:  # uploads pass through untouched (the service checks size and format)
@@ -173,7 +165,7 @@ def route(method: str, path: str, service: str, *, action: str | tuple[str, ...]
     text += ("\n\nNeeds " + " or ".join(f"`{a}`" for a in actions) + ".") if actions else "\n\nPublic."
     router.add_api_route(route_path, endpoint, methods=[method], response_model=response_model, status_code=status_code,
                          summary=summary, description=text.strip(), tags=tags, responses=_ERRORS,
-                         openapi_extra=openapi_extra, **extra)
+                         openapi_extra=openapi_extra, dependencies=[Depends(guard(actions))], **extra)
 
 
 H = ["households"]
@@ -502,6 +494,7 @@ class StreamQuery(BaseModel):
 
 
 @router.get("/alerts/stream", tags=A, summary="Alert events as Server-Sent Events (resumable with Last-Event-ID)",
+            dependencies=[Depends(guard(("alerts:read",)))],
             description="Needs `alerts:read`.", openapi_extra={"security": [{BEARER: []}],
                                                               "x-tpa-actions": ["alerts:read"]},
             response_class=Response, responses={200: {"description": "text/event-stream of alert events",
@@ -512,11 +505,7 @@ async def alert_stream(request: Request, query: Annotated[StreamQuery, Query()])
     from starlette.responses import StreamingResponse
 
     runtime = runtime_of(request)
-    caller = await caller_of(request, required=True)
-    if isinstance(caller, Response):
-        return caller
-    if (refused := await authorise(request, caller, ("alerts:read",), ())) is not None:
-        return refused
+    caller: Caller = request.state.caller
     base = runtime.settings.monitoring_url
     if not base:
         return problem(503, "upstream_not_configured", "TPA_MONITORING_URL is not set")

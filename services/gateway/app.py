@@ -18,11 +18,16 @@ from eventkit.tokens import parse_keyring
 from .accounts import Accounts
 from .api import router
 from .auth_api import router as auth_router
-from .guard import BEARER, RateLimiter
+from .guard import BEARER, RateLimiter, Refusal
 
 _UPLOAD_PATHS = ("/api/v1/imports/households", "/api/v1/statements", "/api/v1/comparison-jobs",
                  "/api/v1/reconciliations/national", "/api/v1/inbound/deaths")
 COMPARISON_BODY_BYTES = 8 * 1024 * 1024  # 100 000 ID numbers as JSON, with room for spacing
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Refusal)
+    return exc.response
 
 
 def build(settings: ServiceSettings | None = None, *, clock: Clock | None = None) -> ServiceRuntime:
@@ -52,6 +57,7 @@ def build(settings: ServiceSettings | None = None, *, clock: Clock | None = None
                              routers=[auth_router, router], title="TPA gateway",
                              extra_startup=startup, extra_shutdown=shutdown)
     app = runtime.app
+    app.add_exception_handler(Refusal, _refused)
 
     @app.middleware("http")
     async def limit_size(request: Request, call_next: Any) -> Response:

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Literal
 from urllib.parse import unquote_plus
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,10 +33,11 @@ from eventkit.errors import DomainError
 from eventkit.runtime import domain_problem, problem, runtime_of
 
 from .accounts import Accounts, Caller
-from .guard import BEARER, caller_of, record_denied
+from .guard import BEARER, guard, record_denied
 
 router = APIRouter(prefix="/api/v1")
 _SECURED = {"security": [{BEARER: []}]}
+_SIGNED_IN = [Depends(guard(()))]
 _TEXT = r"^[^\u0000]*$"
 
 
@@ -52,10 +53,9 @@ def _no_store(response: JSONResponse) -> JSONResponse:
 
 async def _as_caller(request: Request, run: Callable[[Caller], Awaitable[Any]], *, status: int = 200,
                      action: str | None = None) -> Response:
-    """Authenticate, run, answer; a 403 from the rules is recorded as AccessDenied."""
-    caller = await caller_of(request, required=True)
-    if isinstance(caller, Response):
-        return caller
+    """Run for the caller the route's guard authenticated, answer; a 403 from the rules is recorded
+    as AccessDenied."""
+    caller: Caller = request.state.caller
     try:
         result = await run(caller)
     except DomainError as exc:
@@ -146,7 +146,7 @@ async def token(request: Request,
 
 
 @router.post("/auth/logout", tags=["identity"], status_code=204, summary="End the login session of this token",
-             openapi_extra=_SECURED, response_class=Response,
+             openapi_extra=_SECURED, dependencies=_SIGNED_IN, response_class=Response,
              responses={204: {"description": "The session is ended: its refresh and access tokens stop working"}})
 async def logout(request: Request) -> Response:
     return await _as_caller(request, lambda caller: _accounts(request).logout(caller), status=204)
@@ -163,7 +163,7 @@ class PasswordChange(BaseModel):
 
 
 @router.get("/me", tags=["identity"], summary="Who am I: principal, roles or scopes, jurisdiction, actions",
-            openapi_extra=_SECURED)
+            openapi_extra=_SECURED, dependencies=_SIGNED_IN)
 async def me(request: Request) -> Response:
     async def run(caller: Caller) -> dict[str, Any]:
         p = caller.principal
@@ -173,7 +173,7 @@ async def me(request: Request) -> Response:
     return await _as_caller(request, run)
 
 
-@router.put("/me/password", tags=["identity"], summary="Change my password", openapi_extra=_SECURED)
+@router.put("/me/password", tags=["identity"], summary="Change my password", openapi_extra=_SECURED, dependencies=_SIGNED_IN)
 async def change_my_password(request: Request, body: PasswordChange) -> Response:
     async def run(caller: Caller) -> dict[str, Any]:
         if caller.principal.type != "user":
@@ -229,7 +229,7 @@ class Paging(BaseModel):
 
 
 @router.post("/users", tags=["identity"], status_code=201, summary="Create a user (administrators)",
-             openapi_extra=_SECURED)
+             openapi_extra=_SECURED, dependencies=_SIGNED_IN)
 async def create_user(request: Request, body: NewUser) -> Response:
     async def run(caller: Caller) -> dict[str, Any]:
         from .accounts import user_view
@@ -240,14 +240,14 @@ async def create_user(request: Request, body: NewUser) -> Response:
     return await _as_caller(request, run, status=201, action="users:manage")
 
 
-@router.get("/users", tags=["identity"], summary="Users in my jurisdiction (administrators)", openapi_extra=_SECURED)
+@router.get("/users", tags=["identity"], summary="Users in my jurisdiction (administrators)", openapi_extra=_SECURED, dependencies=_SIGNED_IN)
 async def list_users(request: Request, paging: Paging = Query()) -> Response:
     return await _as_caller(request, lambda caller: _accounts(request).list_users(
         caller.principal, limit=paging.limit, offset=paging.offset), action="users:manage")
 
 
 @router.get("/users/{user_id}", tags=["identity"], summary="A user (administrators, or the user)",
-            openapi_extra=_SECURED)
+            openapi_extra=_SECURED, dependencies=_SIGNED_IN)
 async def get_user(request: Request, user_id: uuid.UUID) -> Response:
     return await _as_caller(request, lambda caller: _accounts(request).user_view(caller.principal, str(user_id)),
                             action="users:manage")
@@ -264,24 +264,24 @@ def _user_command(command: Callable[[Accounts, Caller], Awaitable[Any]]) -> Call
 
 
 @router.put("/users/{user_id}/roles", tags=["identity"], summary="Change a user's roles, level and jurisdiction",
-            openapi_extra=_SECURED)
+            openapi_extra=_SECURED, dependencies=_SIGNED_IN)
 async def change_roles(request: Request, user_id: uuid.UUID, body: RolesChange) -> Response:
     return await _user_command(lambda a, c: a.change_roles(c.principal, str(user_id), roles=body.roles,
                                                           level=body.level, jurisdiction=body.jurisdiction))(request)
 
 
-@router.post("/users/{user_id}/password", tags=["identity"], openapi_extra=_SECURED,
+@router.post("/users/{user_id}/password", tags=["identity"], openapi_extra=_SECURED, dependencies=_SIGNED_IN,
              summary="Reset a user's password (temporary; the user's sessions end)")
 async def reset_password(request: Request, user_id: uuid.UUID, body: PasswordReset) -> Response:
     return await _user_command(lambda a, c: a.set_password(c.principal, str(user_id), body.password))(request)
 
 
-@router.post("/users/{user_id}/unlock", tags=["identity"], summary="Lift a lockout", openapi_extra=_SECURED)
+@router.post("/users/{user_id}/unlock", tags=["identity"], summary="Lift a lockout", openapi_extra=_SECURED, dependencies=_SIGNED_IN)
 async def unlock(request: Request, user_id: uuid.UUID) -> Response:
     return await _user_command(lambda a, c: a.unlock(c.principal, str(user_id)))(request)
 
 
-@router.post("/users/{user_id}/deactivation", tags=["identity"], openapi_extra=_SECURED,
+@router.post("/users/{user_id}/deactivation", tags=["identity"], openapi_extra=_SECURED, dependencies=_SIGNED_IN,
              summary="Deactivate a user for good (the user's sessions end)")
 async def deactivate(request: Request, user_id: uuid.UUID, body: Reason) -> Response:
     return await _user_command(lambda a, c: a.deactivate(c.principal, str(user_id), body.reason))(request)
@@ -311,7 +311,7 @@ def _secret_body(issued: Any, client: dict[str, Any]) -> dict[str, Any]:
             "note": "the secret is shown once: store it now"}
 
 
-@router.post("/clients", tags=["identity"], status_code=201, openapi_extra=_SECURED,
+@router.post("/clients", tags=["identity"], status_code=201, openapi_extra=_SECURED, dependencies=_SIGNED_IN,
              summary="Register a department's system; its secret is returned once")
 async def register_client(request: Request, body: NewClient) -> Response:
     async def run(caller: Caller) -> dict[str, Any]:
@@ -322,19 +322,19 @@ async def register_client(request: Request, body: NewClient) -> Response:
     return await _as_caller(request, run, status=201, action="clients:manage")
 
 
-@router.get("/clients", tags=["identity"], summary="Client systems in my jurisdiction", openapi_extra=_SECURED)
+@router.get("/clients", tags=["identity"], summary="Client systems in my jurisdiction", openapi_extra=_SECURED, dependencies=_SIGNED_IN)
 async def list_clients(request: Request, paging: Paging = Query()) -> Response:
     return await _as_caller(request, lambda caller: _accounts(request).list_clients(
         caller.principal, limit=paging.limit, offset=paging.offset), action="clients:manage")
 
 
-@router.get("/clients/{client_id}", tags=["identity"], summary="A client system", openapi_extra=_SECURED)
+@router.get("/clients/{client_id}", tags=["identity"], summary="A client system", openapi_extra=_SECURED, dependencies=_SIGNED_IN)
 async def get_client(request: Request, client_id: uuid.UUID) -> Response:
     return await _as_caller(request, lambda caller: _accounts(request).client_view(caller.principal, str(client_id)),
                             action="clients:manage")
 
 
-@router.post("/clients/{client_id}/secret", tags=["identity"], openapi_extra=_SECURED,
+@router.post("/clients/{client_id}/secret", tags=["identity"], openapi_extra=_SECURED, dependencies=_SIGNED_IN,
              summary="Rotate a client's secret; the new one is returned once")
 async def rotate_secret(request: Request, client_id: uuid.UUID, body: Rotation) -> Response:
     async def run(caller: Caller) -> dict[str, Any]:
@@ -345,7 +345,7 @@ async def rotate_secret(request: Request, client_id: uuid.UUID, body: Rotation) 
     return await _as_caller(request, run, action="clients:manage")
 
 
-@router.post("/clients/{client_id}/revocation", tags=["identity"], openapi_extra=_SECURED,
+@router.post("/clients/{client_id}/revocation", tags=["identity"], openapi_extra=_SECURED, dependencies=_SIGNED_IN,
              summary="Revoke a client for good")
 async def revoke_client(request: Request, client_id: uuid.UUID, body: Reason) -> Response:
     async def run(caller: Caller) -> dict[str, Any]:
@@ -369,7 +369,7 @@ class AccessLogQuery(BaseModel):
     offset: int = Field(default=0, ge=0, le=1_000_000)
 
 
-@router.get("/access-log", tags=["audit"], openapi_extra=_SECURED,
+@router.get("/access-log", tags=["audit"], openapi_extra=_SECURED, dependencies=_SIGNED_IN,
             summary="Who read whose personal data, and who was refused (auditors)")
 async def access_log(request: Request, query: AccessLogQuery = Query()) -> Response:
     if query.since is not None and query.since.tzinfo is None:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -127,6 +128,35 @@ async def denied_upstream(request: Request, caller: Caller, response: Response,
     if not isinstance(reason, str) or not reason.replace("_", "").isalnum() or not reason[0].isalpha():
         reason = "forbidden"
     await record_denied(request, caller, reason.lower()[:100], actions[0] if actions else None)
+
+
+class Refusal(Exception):
+    """Raised by ``guard`` to answer with ``response`` (the gateway's handler returns it)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+_REGION_PARAMS = ("village_code", "region", "code")
+_REGION = re.compile(r"^[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:[0-9]{3}(?:[0-9]{3})?)?)?)?$")
+
+
+def guard(actions: Sequence[str] | None) -> Callable[[Request], Awaitable[None]]:
+    """A route dependency: authenticate and authorise before the request is validated, so that an
+    unauthenticated or unauthorised caller learns nothing about the route's input (401/403 first).
+    The caller is left in ``request.state.caller`` (None: anonymous on a public route)."""
+    async def dependency(request: Request) -> None:
+        caller = await caller_of(request, required=actions is not None)
+        if isinstance(caller, Response):
+            raise Refusal(caller)
+        if actions and caller is not None:  # () = any signed-in caller (the rules check the rest)
+            regions = [str(v) for k, v in request.path_params.items()
+                       if k in _REGION_PARAMS and _REGION.match(str(v))]
+            refused = await authorise(request, caller, actions, regions)
+            if refused is not None:
+                raise Refusal(refused)
+    return dependency
 
 
 @dataclass
