@@ -197,6 +197,9 @@ async def running_platform(infra: Any, databases: Any, group_prefix: str,
     dsns = dsns if dsns is not None else {}
     import importlib
 
+    # Tests poll read models many times a second: no rate limit unless a test asks for one.
+    setting_overrides.setdefault("rate_limit_per_minute", 0)
+
     ports = {s: free_port() for s in services}
     urls = {s: f"http://127.0.0.1:{p}" for s, p in ports.items()}
     out: dict[str, Any] = {}

@@ -5,6 +5,11 @@ board equal to a replay of the event store.
 One platform (registry, workflow, gateway) serves the whole module; the workflow's
 clock is a FixedClock the tests move (notice periods, time limits). Each test uses
 its own village, so tests do not see each other's cases.
+
+Callers authenticate as the gateway requires: reviewers with the bearer token of
+an account the gateway knows (``identity``), other calls as the usual post for the
+route's action over the test's village (``Village.staff``); the notice board,
+objections and the case types are called without a token (public routes).
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from eventkit.principal import Principal
 from eventkit.testing import producer, wait_until
 from services.workflow import board
 from eventkit.clock import FixedClock
 from services.workflow.definitions import DefinitionError
 
 from .conftest import village_code
-from .harness import running_platform
+from .harness import ActAs, bearer, client_principal, ensure_account, internal_headers, principal, running_platform
 from .registry_helpers import household, seed_village
 
 CLOCK = FixedClock(datetime(2025, 3, 3, 1, 0, tzinfo=timezone.utc))
@@ -37,36 +43,65 @@ API = "/api/v1"
 async def platform(infra, module_databases):
     async with running_platform(infra, module_databases, f"wf{uuid.uuid4().hex[:8]}",
                                 services=("registry", "workflow", "gateway"),
-                                build_kwargs={"workflow": {"clock": CLOCK}}, overdue_scan_interval=0) as p:
+                                build_kwargs={"workflow": {"clock": CLOCK}}, overdue_scan_interval=0,
+                                # The tests poll read models through the gateway; rate limits have their own tests.
+                                rate_limit_per_minute=0) as p:
         async with httpx.AsyncClient(base_url=p["gateway"][0] + API, timeout=30) as client:
             yield p, client
 
 
+class Identity(dict):
+    """The headers authenticating ``principal`` through the gateway (the bearer token of its account)."""
+
+    def __init__(self, who: Principal) -> None:
+        super().__init__(bearer(who))
+        self.principal = who
+
+
+async def identity(platform, role: str, level: str, jurisdiction: str, actor: str | None = None) -> Identity:
+    """A user holding ``role`` at ``level`` over ``jurisdiction`` (role ``department``: a department's
+    client system sending comparison results), known to the gateway."""
+    p, _ = platform
+    if role == "department":
+        who = client_principal(actor or f"dept-{jurisdiction}", ("inbound:comparison_results",), jurisdiction)
+    else:
+        who = principal(role, jurisdiction, actor)
+    assert who.level == level, (who, level)
+    await ensure_account(p["gateway"][1], who)
+    return Identity(who)
+
+
 class Village:
-    """A village of its own, with reviewers at each level whose jurisdiction covers it."""
+    """A village of its own, with reviewers at each level whose jurisdiction covers it, and ``staff``:
+    the usual post for each route's action over the village (``tests.harness.STAFF``)."""
 
-    def __init__(self, code: str) -> None:
+    def __init__(self, platform, code: str) -> None:
+        p, _ = platform
         self.code = code
-        self.committee = who("village_committee", "village", code)
-        self.resident_team = who("resident_team", "village", code)
-        self.cadre = who("cadre", "village", code)
-        self.township = who("township_reviewer", "township", code[:9].ljust(12, "0"))
-        self.county = who("county_office", "county", code[:6])
-        self.information_officer = who("information_officer", "county", code[:6])
-        self.department = who("department", "county", code[:6], actor="dept:vehicles")
+        self.staff = ActAs(p, village=code)
+
+    async def sign_in(self, platform) -> Village:
+        code = self.code
+        self.committee = await identity(platform, "village_committee", "village", code)
+        self.resident_team = await identity(platform, "resident_team", "village", code)
+        self.cadre = await identity(platform, "cadre", "village", code)
+        self.township = await identity(platform, "township_reviewer", "township", code[:9].ljust(12, "0"))
+        self.county = await identity(platform, "county_office", "county", code[:6])
+        self.information_officer = await identity(platform, "information_officer", "county", code[:6])
+        self.department = await identity(platform, "department", "county", code[:6],
+                                         actor=f"dept-vehicles-{code[:6]}")
+        return self
 
 
-def who(role: str, level: str, jurisdiction: str, actor: str | None = None) -> dict[str, str]:
-    return {"x-tpa-actor": actor or f"{role}-{jurisdiction}", "x-tpa-role": role, "x-tpa-level": level,
-            "x-tpa-jurisdiction": jurisdiction}
-
-
-async def new_village(platform) -> Village:
+async def new_village(platform, outside: Village | None = None) -> Village:
+    """A new village (in another county than ``outside``, when given)."""
     p, _ = platform
     v = village_code()
+    while outside is not None and v[:6] == outside.code[:6]:
+        v = village_code()
     async with p["registry"][1].pool.acquire() as conn:
         await seed_village(conn, v)
-    return Village(v)
+    return await Village(platform, v).sign_in(platform)
 
 
 async def known_to_workflow(platform, household_id: str, status: str | None = None) -> dict[str, Any]:
@@ -81,11 +116,11 @@ async def known_to_workflow(platform, household_id: str, status: str | None = No
 
 async def register(platform, village: Village, status: str | None = None) -> str:
     _, client = platform
-    r = await client.post("/households", json=household(village.code))
+    r = await client.post("/households", json=household(village.code), auth=village.staff)
     assert r.status_code == 201, r.text
     hid = r.json()["household_id"]
     if status == "identified":
-        r = await client.post(f"/households/{hid}/status-decisions", json={
+        r = await client.post(f"/households/{hid}/status-decisions", auth=village.staff, json={
             "decision_event_id": str(uuid.uuid4()), "case_id": "import-1", "status_effect": "identified",
             "effective_on": "2024-01-01"})
         assert r.status_code == 200, r.text
@@ -111,18 +146,18 @@ async def decide(platform, case_id: str, step: str, reviewer: dict[str, str], de
     return r.json()
 
 
-async def ledger_status(platform, hid: str, wanted: str) -> dict[str, Any]:
+async def ledger_status(platform, village: Village, hid: str, wanted: str) -> dict[str, Any]:
     _, client = platform
 
     async def applied():
-        r = await client.get(f"/households/{hid}")
+        r = await client.get(f"/households/{hid}", auth=village.staff)
         return r.json() if r.status_code == 200 and r.json()["status"] == wanted else None
     return await wait_until(applied, timeout=30, message=f"household {hid} {wanted} in the registry")
 
 
-async def members_of(platform, hid: str) -> list[str]:
+async def members_of(platform, village: Village, hid: str) -> list[str]:
     _, client = platform
-    return [m["member_id"] for m in (await client.get(f"/households/{hid}")).json()["members"]]
+    return [m["member_id"] for m in (await client.get(f"/households/{hid}", auth=village.staff)).json()["members"]]
 
 
 # -- the three flows ------------------------------------------------------------------
@@ -168,7 +203,7 @@ async def test_identification_runs_its_eight_steps_and_the_registry_applies_it(p
 
     # County data comparison: results required; a hit needs an override reason or a rejection.
     assert (await decide(platform, case_id, "data_comparison", v.county, expect=409))["code"] == "comparison_missing"
-    members = await members_of(platform, hid)
+    members = await members_of(platform, v, hid)
     r = await client.post(f"/cases/{case_id}/comparisons", headers=v.department, json={"results": [
         {"member_id": members[0], "source": "vehicles", "hit": True, "detail": "名下农用三轮车"},
         {"member_id": members[1], "source": "vehicles", "hit": False}]})
@@ -185,11 +220,11 @@ async def test_identification_runs_its_eight_steps_and_the_registry_applies_it(p
     done = await decide(platform, case_id, "county_announcement", v.county)
     assert done["closed"] and done["current_step"] is None
 
-    ledger = await ledger_status(platform, hid, "identified")
+    ledger = await ledger_status(platform, v, hid, "identified")
     assert ledger["status_history"][-1]["case_id"] == case_id
-    case = (await client.get(f"/cases/{case_id}")).json()
+    case = (await client.get(f"/cases/{case_id}", auth=v.staff)).json()
     assert case["closed"] and case["outcome"] == "approved" and case["status_effect"] == "identified"
-    timeline = (await client.get(f"/cases/{case_id}/timeline")).json()
+    timeline = (await client.get(f"/cases/{case_id}/timeline", auth=v.staff)).json()
     types = [e["event_type"] for e in timeline["events"]]
     assert types[0] == "CaseOpened" and types[-1] == "CaseConcluded"
     assert types.count("NoticePosted") == 3 and types.count("StepDecided") == 9
@@ -209,6 +244,10 @@ async def test_exit_runs_to_filing_and_the_household_is_lifted_out(platform):
     CLOCK.advance(timedelta(days=7, minutes=1))
     await decide(platform, case_id, "first_notice", v.committee)
     await decide(platform, case_id, "household_survey", v.resident_team)
+    # The step's role at another level (a township cadre, whose jurisdiction covers the village) may not decide.
+    township_cadre = await identity(platform, "cadre", "township", v.code[:9].ljust(12, "0"))
+    assert (await decide(platform, case_id, "household_agreement", township_cadre, expect=403))["code"] == \
+        "wrong_level"
     await decide(platform, case_id, "household_agreement", v.cadre)
     await decide(platform, case_id, "village_appraisal", v.committee)
     CLOCK.advance(timedelta(days=7, minutes=1))
@@ -217,7 +256,7 @@ async def test_exit_runs_to_filing_and_the_household_is_lifted_out(platform):
     await decide(platform, case_id, "county_spot_check", v.county)
     CLOCK.advance(timedelta(days=7, minutes=1))
     assert (await decide(platform, case_id, "county_announcement", v.county))["closed"]
-    ledger = await ledger_status(platform, hid, "lifted_out")
+    ledger = await ledger_status(platform, v, hid, "lifted_out")
     assert ledger["status_history"][-1]["case_id"] == case_id
     # The workflow's projection follows the registry: the household is now lifted out.
     await known_to_workflow(platform, hid, "lifted_out")
@@ -235,7 +274,7 @@ async def test_a_rejected_identification_changes_nothing_in_the_register(platfor
     # A new case may be opened once the first is closed; the register still says applicant.
     await open_case(platform, v, hid)
     _, client = platform
-    assert (await client.get(f"/households/{hid}")).json()["status"] == "applicant"
+    assert (await client.get(f"/households/{hid}", auth=v.staff)).json()["status"] == "applicant"
 
 
 async def test_an_approved_data_change_request_is_applied_by_the_registry(platform):
@@ -252,13 +291,14 @@ async def test_an_approved_data_change_request_is_applied_by_the_registry(platfo
     assert rejected.status_code == 201
 
     async def cases_opened():
-        body = (await client.get("/cases", params={"household_id": hid, "case_type": "data_change"})).json()
+        body = (await client.get("/cases", params={"household_id": hid, "case_type": "data_change"},
+                                 auth=v.staff)).json()
         return {c["subject"]: c for c in body["items"]} if body["total"] == 2 else None
     cases = await wait_until(cases_opened, timeout=30, message="the data change cases")
     case = cases[request_id]
-    assert case["opened_by"] == v.cadre["x-tpa-actor"] and case["step_role"] == "resident_team"
+    assert case["opened_by"] == v.cadre.principal.id and case["step_role"] == "resident_team"
     # The proposed values stay in the registry; the reviewer reads them there.
-    view = (await client.get(f"/households/{hid}/change-requests/{request_id}")).json()
+    view = (await client.get(f"/households/{hid}/change-requests/{request_id}", auth=v.staff)).json()
     assert view["status"] == "pending" and view["changes"]["wage"] in ("5200.00", "5200")
     await decide(platform, case["case_id"], "resident_team_review", v.resident_team)
     other = cases[rejected.json()["change_request_id"]]
@@ -266,14 +306,14 @@ async def test_an_approved_data_change_request_is_applied_by_the_registry(platfo
                  comment="与入户核实不符")
 
     async def applied():
-        ledger = (await client.get(f"/households/{hid}")).json()
+        ledger = (await client.get(f"/households/{hid}", auth=v.staff)).json()
         return ledger if "2024" in (ledger.get("incomes") or {}) else None
     ledger = await wait_until(applied, timeout=30, message="the change applied to the ledger")
     income = ledger["incomes"]["2024"]
     assert income["wage"] == "5200.00" and income["transfer"] == "800.00"
 
     async def closed():
-        items = (await client.get(f"/households/{hid}/change-requests")).json()["items"]
+        items = (await client.get(f"/households/{hid}/change-requests", auth=v.staff)).json()["items"]
         return {i["change_request_id"]: i["status"] for i in items} if all(
             i["status"] != "pending" for i in items) else None
     statuses = await wait_until(closed, timeout=30, message="both change requests decided")
@@ -283,17 +323,32 @@ async def test_an_approved_data_change_request_is_applied_by_the_registry(platfo
 # -- guards -----------------------------------------------------------------------------
 
 async def test_only_the_steps_role_level_and_jurisdiction_decide_in_order(platform):
-    _, client = platform
+    p, client = platform
     v = await new_village(platform)
     other = await new_village(platform)
     hid = await register(platform, v)
     case_id = await open_case(platform, v, hid)
 
+    # Without a token the gateway refuses (a Bearer challenge); the service itself refuses a call
+    # without the gateway's identity token, and an anonymous one for a command that needs a reviewer.
     r = await client.post(f"/cases/{case_id}/decisions", json={"step_id": "group_appraisal", "decision": "approve"})
-    assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
+    assert r.status_code == 401 and r.json()["code"] == "missing_token"
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    async with httpx.AsyncClient(base_url=p["workflow"][0], timeout=30) as direct:
+        r = await direct.post(f"/cases/{case_id}/decisions", json={"step_id": "group_appraisal",
+                                                                   "decision": "approve"})
+        assert r.status_code == 401 and r.json()["code"] == "gateway_identity_required"
+        assert r.headers["www-authenticate"].startswith("TPA-Identity")
+        r = await direct.post(f"/cases/{case_id}/decisions", json={"step_id": "group_appraisal",
+                                                                   "decision": "approve"},
+                              headers=internal_headers(None))
+        assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
     assert (await decide(platform, case_id, "group_appraisal", v.resident_team, expect=403))["code"] == "wrong_role"
-    wrong_level = who("village_committee", "township", v.code[:9].ljust(12, "0"))
-    assert (await decide(platform, case_id, "group_appraisal", wrong_level, expect=403))["code"] == "wrong_level"
+    # A committee member exists only at village level (the gateway keeps no such account at a township):
+    # wrong_level is shown with a township cadre in the exit flow.
+    with pytest.raises(ValueError):
+        principal("village_committee", v.code[:9].ljust(12, "0"))
     assert (await decide(platform, case_id, "group_appraisal", other.committee, expect=403))["code"] == \
         "outside_jurisdiction"
     assert (await decide(platform, case_id, "household_survey", v.resident_team, expect=409))["code"] == "wrong_step"
@@ -365,7 +420,7 @@ async def test_batch_decisions_are_all_or_nothing_with_a_report_per_case(platfor
     errors = {e["case_id"]: e["code"] for e in r.json()["errors"]}
     assert errors == {cases[2]: "already_decided", elsewhere: "wrong_village"}
     for case_id in cases[:2]:  # nothing was written for the cases that were fine
-        assert (await client.get(f"/cases/{case_id}")).json()["version"] == 1
+        assert (await client.get(f"/cases/{case_id}", auth=v.staff)).json()["version"] == 1
 
     r = await client.post("/batch-decisions", json=dict(batch, case_ids=cases[:2]), headers=other.committee)
     assert r.status_code == 403 and {e["code"] for e in r.json()["errors"]} == {"outside_jurisdiction"}
@@ -404,9 +459,16 @@ async def test_the_inbox_lists_cases_waiting_for_my_role_in_my_jurisdiction(plat
     assert theirs not in await inbox(v.committee)
     assert mine not in await inbox(v.resident_team)
     r = await client.get("/inbox")
-    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("TPA-Identity")
-    county_wide = who("county_office", "county", v.code[:6])
-    r = await client.get("/cases", params={"region": v.code[:6], "case_type": "identification", "status": "open"})
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    assert r.json()["code"] == "missing_token"
+    async with httpx.AsyncClient(base_url=p["workflow"][0], timeout=30) as direct:
+        r = await direct.get("/inbox")
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("TPA-Identity")
+        r = await direct.get("/inbox", headers=internal_headers(None))
+        assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
+    county_wide = await identity(platform, "county_office", "county", v.code[:6])
+    r = await client.get("/cases", params={"region": v.code[:6], "case_type": "identification", "status": "open"},
+                         headers=county_wide)
     assert mine in {c["case_id"] for c in r.json()["items"]}
     assert mine not in await inbox(county_wide)  # the village decides this step
 
@@ -428,7 +490,7 @@ async def test_monitoring_alerts_open_one_verification_case_per_household_and_ri
     v = await new_village(platform)
     hid = await register(platform, v, status="identified")
     # The household is lifted out by a direct decision, then alerts arrive (one redelivered, one repeated).
-    r = await client.post(f"/households/{hid}/status-decisions", json={
+    r = await client.post(f"/households/{hid}/status-decisions", auth=v.staff, json={
         "decision_event_id": str(uuid.uuid4()), "case_id": "exit-1", "status_effect": "lifted_out",
         "effective_on": "2024-12-01"})
     assert r.status_code == 200, r.text
@@ -442,18 +504,20 @@ async def test_monitoring_alerts_open_one_verification_case_per_household_and_ri
                                      value=json.dumps(env).encode())
 
     async def opened():
-        body = (await client.get("/cases", params={"household_id": hid, "case_type": "return_risk"})).json()
+        body = (await client.get("/cases", params={"household_id": hid, "case_type": "return_risk"},
+                                 auth=v.staff)).json()
         return body["items"] if body["total"] else None
     items = await wait_until(opened, timeout=30, message="the verification case")
     await asyncio.sleep(1.5)
-    body = (await client.get("/cases", params={"household_id": hid, "case_type": "return_risk"})).json()
+    body = (await client.get("/cases", params={"household_id": hid, "case_type": "return_risk"},
+                                 auth=v.staff)).json()
     assert body["total"] == 1
     [case] = body["items"]
     assert case["subject"] == "medical_expense" and case["opened_by"] == "system:monitoring"
     assert case["current_step"] == "township_verification" and case["step_role"] == "township_reviewer"
-    detail = (await client.get(f"/cases/{case['case_id']}")).json()
+    detail = (await client.get(f"/cases/{case['case_id']}", auth=v.staff)).json()
     assert detail["monitoring_object_type"] == "unstable_lifted_out"
-    timeline = (await client.get(f"/cases/{case['case_id']}/timeline")).json()
+    timeline = (await client.get(f"/cases/{case['case_id']}/timeline", auth=v.staff)).json()
     assert timeline["events"][0]["actor"] == "system:monitoring"
     assert items
     # Verified, noticed and reviewed: the household becomes a monitoring object in the register.
@@ -465,7 +529,7 @@ async def test_monitoring_alerts_open_one_verification_case_per_household_and_ri
     assert (await decide(platform, case_id, "intervention_plan", v.county))["closed"]
 
     async def designated():
-        ledger = (await client.get(f"/households/{hid}")).json()
+        ledger = (await client.get(f"/households/{hid}", auth=v.staff)).json()
         return ledger["monitoring"] if ledger.get("monitoring") else None
     monitoring = await wait_until(designated, timeout=30, message="the monitoring designation in the registry")
     assert monitoring["object_type"] == "unstable_lifted_out" and monitoring["case_id"] == case_id
@@ -479,13 +543,15 @@ async def test_monitoring_alerts_open_one_verification_case_per_household_and_ri
         await prod.send_and_wait("tpa.monitoring.alert.v1", key=quiet["stream_id"].encode(),
                                  value=json.dumps(quiet).encode())
         await asyncio.sleep(1.0)
-        body = (await client.get("/cases", params={"household_id": hid, "case_type": "return_risk"})).json()
+        body = (await client.get("/cases", params={"household_id": hid, "case_type": "return_risk"},
+                                 auth=v.staff)).json()
         assert {c["subject"] for c in body["items"]} == {"medical_expense"}
         await prod.send_and_wait("tpa.monitoring.alert.v1", key=quiet["stream_id"].encode(),
                                  value=json.dumps(requested).encode())
 
     async def verification_opened():
-        body = (await client.get("/cases", params={"household_id": hid, "case_type": "return_risk"})).json()
+        body = (await client.get("/cases", params={"household_id": hid, "case_type": "return_risk"},
+                                 auth=v.staff)).json()
         return {c["subject"] for c in body["items"]} == {"medical_expense", "housing_lost"}
     await wait_until(verification_opened, timeout=30, message="the case opened by AlertVerificationRequested")
     # The alert for a household not yet known waits for its registration.
@@ -506,7 +572,7 @@ async def test_overdue_steps_are_visible_and_published_once(platform):
         return row
     row = await wait_until(on_board, timeout=30, message="the case on the board")
     CLOCK.set(row["due_at"] + timedelta(minutes=1))
-    r = await client.get("/cases", params={"region": v.code, "overdue": "true"})
+    r = await client.get("/cases", params={"region": v.code, "overdue": "true"}, auth=v.staff)
     assert [c["case_id"] for c in r.json()["items"]] == [case_id] and r.json()["items"][0]["overdue"]
     assert await wf.flag_overdue(runtime.pool) >= 1
 
@@ -514,13 +580,14 @@ async def test_overdue_steps_are_visible_and_published_once(platform):
         return await runtime.pool.fetchval("SELECT overdue_flagged FROM wf_cases WHERE case_id = $1", case_id)
     await wait_until(flagged, timeout=30, message="StepOverdue on the board")
     await wf.flag_overdue(runtime.pool)
-    types = [e["event_type"] for e in (await client.get(f"/cases/{case_id}/timeline")).json()["events"]]
+    types = [e["event_type"] for e in (await client.get(f"/cases/{case_id}/timeline",
+                                                        auth=v.staff)).json()["events"]]
     assert types.count("StepOverdue") == 1
     # Deciding the step clears it; the next step has its own time limit.
     await decide(platform, case_id, "group_appraisal", v.committee)
 
     async def cleared():
-        r = await client.get("/cases", params={"region": v.code, "overdue": "true"})
+        r = await client.get("/cases", params={"region": v.code, "overdue": "true"}, auth=v.staff)
         return r.json()["total"] == 0
     await wait_until(cleared, timeout=30, message="the decided step no longer overdue")
 
@@ -537,6 +604,99 @@ async def test_an_assistance_need_is_passed_up_and_resolved(platform):
     r = await client.post(f"/cases/{case_id}/resolution", json={"what_was_done": "纳入危房改造计划"},
                           headers=v.township)
     assert r.status_code == 200 and r.json()["closed"]
+
+
+# -- jurisdiction ---------------------------------------------------------------------------
+
+async def test_a_user_of_another_county_neither_sees_nor_acts_on_this_countys_cases(platform):
+    _, client = platform
+    v = await new_village(platform)
+    elsewhere = await new_village(platform, outside=v)
+    reader, decider = elsewhere.information_officer, elsewhere.county  # case:read and case:open; case:decide
+    hid = await register(platform, v)
+    case_id = await open_case(platform, v, hid)
+    need = await open_case(platform, v, hid, "assistance_need", subject="housing_repair")
+    unknown = str(uuid.uuid4())
+
+    # One case and its timeline: 403 for a case outside the caller's jurisdiction, 404 stays 404.
+    assert (await client.get(f"/cases/{case_id}", auth=v.staff)).status_code == 200
+    assert (await client.get(f"/cases/{case_id}/timeline", auth=v.staff)).status_code == 200
+    for path in (f"/cases/{case_id}", f"/cases/{case_id}/timeline"):
+        r = await client.get(path, headers=reader)
+        assert r.status_code == 403 and r.json()["code"] == "outside_jurisdiction", r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+    for path in (f"/cases/{unknown}", f"/cases/{unknown}/timeline"):
+        assert (await client.get(path, headers=reader)).status_code == 404
+
+    # Opening a case for a household of this county: refused before anything about the household's cases.
+    for body in ({"case_type": "identification", "household_id": hid, "reason": "x"},  # one is open: not a 409
+                 {"case_type": "assistance_need", "household_id": hid, "reason": "x", "subject": "schooling"}):
+        r = await client.post("/cases", json=body, headers=reader)
+        assert r.status_code == 403 and r.json()["code"] == "outside_jurisdiction", r.text
+
+    # The case list shows only the caller's jurisdiction, whatever the filters say.
+    async def listed():
+        body = (await client.get("/cases", params={"household_id": hid}, auth=v.staff)).json()
+        return body if body["total"] == 2 else None
+    await wait_until(listed, timeout=30, message="both cases on the board")
+    for params in ({}, {"household_id": hid}, {"region": v.code}, {"region": v.code[:6]}, {"status": "open"}):
+        r = await client.get("/cases", params={**params, "limit": 500}, headers=reader)
+        assert r.status_code == 200, r.text
+        assert not {case_id, need} & {c["case_id"] for c in r.json()["items"]}, params
+        assert all(c["village_code"].startswith(elsewhere.code[:6]) for c in r.json()["items"])
+        if params.get("region") or params.get("household_id"):
+            assert r.json()["total"] == 0
+    r = await client.get("/cases", params={"region": v.code}, headers=v.information_officer)
+    assert {case_id, need} <= {c["case_id"] for c in r.json()["items"]}
+    r = await client.get("/cases")
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+
+    # Commands on a case outside the caller's jurisdiction are refused before the step, the role or the
+    # version is looked at (a county office deciding a committee's step, a stale If-Match).
+    r = await client.post(f"/cases/{case_id}/decisions", json={"step_id": "group_appraisal", "decision": "approve"},
+                          headers={**decider, "If-Match": '"7"'})
+    assert r.status_code == 403 and r.json()["code"] == "outside_jurisdiction", r.text
+    r = await client.post(f"/cases/{case_id}/comparisons", headers=decider, json={"results": [
+        {"member_id": str(uuid.uuid4()), "source": "vehicles", "hit": False}]})
+    assert r.status_code == 403 and r.json()["code"] == "outside_jurisdiction", r.text
+    r = await client.post(f"/cases/{case_id}/comparisons", headers=elsewhere.department, json={"results": [
+        {"member_id": str(uuid.uuid4()), "source": "vehicles", "hit": False}]})
+    assert r.status_code == 403 and r.json()["code"] == "outside_jurisdiction", r.text
+    r = await client.post(f"/cases/{need}/escalation", json={"reason": "x"}, headers=elsewhere.committee)
+    assert r.status_code == 403 and r.json()["code"] == "outside_jurisdiction", r.text
+    r = await client.post(f"/cases/{need}/resolution", json={"what_was_done": "x"}, headers=elsewhere.committee)
+    assert r.status_code == 403 and r.json()["code"] == "outside_jurisdiction", r.text
+    r = await client.post("/batch-decisions", headers=decider, json={
+        "village_code": v.code, "step_id": "group_appraisal", "decision": "approve", "case_ids": [case_id]})
+    assert r.status_code == 403 and [e["code"] for e in r.json()["errors"]] == ["outside_jurisdiction"], r.text
+
+    # The notice board and objections stay public: anonymous callers read and object.
+    await decide(platform, case_id, "group_appraisal", v.committee)
+
+    async def posted():
+        r = await client.get(f"/villages/{v.code}/notices")
+        assert r.status_code == 200, r.text
+        return r.json() if any(n["case_id"] == case_id for n in r.json()["notices"]) else None
+    board_ = await wait_until(posted, timeout=30, message="the notice on the village board")
+    assert [n["running"] for n in board_["notices"] if n["case_id"] == case_id] == [True]
+    r = await client.post(f"/cases/{case_id}/objections", json={"content": "该户有经营性收入"})
+    assert r.status_code == 201, r.text
+    objection = r.json()["objection_id"]
+    r = await client.get("/case-types")
+    assert r.status_code == 200 and "identification" in r.json()["case_types"]
+    # ... but the finding is recorded only within the jurisdiction.
+    r = await client.post(f"/cases/{case_id}/objections/{objection}/resolution",
+                          json={"finding": "x", "upheld": False}, headers=elsewhere.committee)
+    assert r.status_code == 403 and r.json()["code"] == "outside_jurisdiction", r.text
+    r = await client.post(f"/cases/{case_id}/objections/{objection}/resolution",
+                          json={"finding": "经营收入已计入", "upheld": False}, headers=v.committee)
+    assert r.status_code == 200, r.text
+    # Nothing the outsiders tried was written; no other case was opened for the household.
+    timeline = (await client.get(f"/cases/{case_id}/timeline", auth=v.staff)).json()
+    assert [e["event_type"] for e in timeline["events"]][-2:] == ["ObjectionFiled", "ObjectionResolved"]
+    assert all(e["actor"] != decider.principal.id for e in timeline["events"])
+    r = await client.get("/cases", params={"household_id": hid}, auth=v.staff)
+    assert {c["case_id"] for c in r.json()["items"]} == {case_id, need}
 
 
 # -- configuration, projections -------------------------------------------------------------

@@ -3,9 +3,17 @@ comparison results, escalation) and queries (case lists, a case with its
 timeline, village notice boards, a reviewer's inbox, case types).
 
 Who acts: the principal the gateway vouches for in the internal identity token
-(user id, roles, level, jurisdiction). Commands that need a reviewer answer 401
+``X-TPA-Identity`` (user id, roles, level, jurisdiction; or a client system and its
+scopes), verified by the service runtime. Commands that need a reviewer answer 401
 for an anonymous call. Filing an objection to a public notice needs no identity:
 anyone may object, name optional.
+
+Jurisdiction: the gateway checks the action and the regions named in the path; this
+service checks what only it knows, the village of the case or household a request is
+about. Opening a case needs a jurisdiction covering the household's village; every
+command on a case except filing an objection is refused 403 ``outside_jurisdiction``
+for a case outside the caller's jurisdiction, before anything else about the case is
+checked or disclosed (an unknown case stays a 404).
 
 Commands honour ``Idempotency-Key`` and ``If-Match`` (the case version, also its
 ``ETag``); lists and boards read the case board (eventually consistent), a single
@@ -28,10 +36,10 @@ from eventkit.errors import DomainError
 from eventkit.events import Metadata
 from eventkit.idempotency import CommandResult
 from eventkit.runtime import (Problem, current_principal, idempotent, if_match_version, principal_of, problem,
-                              required_actor, runtime_of)
+                              require_covers, required_actor, runtime_of)
 from eventkit.telemetry import correlation_id
 
-from .commands import MAX_BATCH, BatchRefused, Workflow
+from .commands import MAX_BATCH, Authorise, BatchRefused, Workflow
 from .domain import Case, Reviewer
 
 router = APIRouter()
@@ -147,6 +155,14 @@ def reviewer_of(request: Request) -> Reviewer:
     return Reviewer(principal.id, principal.roles[0], principal.level, principal.jurisdiction, principal.roles)
 
 
+def covered_by_caller(request: Request, what: str) -> Authorise:
+    """The check that the caller's jurisdiction covers a record's village (403 ``outside_jurisdiction``,
+    401 for an anonymous caller)."""
+    def check(village_code: str | None) -> None:
+        require_covers(request, village_code, what)
+    return check
+
+
 def workflow_of(request: Request) -> Workflow:
     return runtime_of(request).state["workflow"]
 
@@ -168,12 +184,15 @@ def _with_etag(response: JSONResponse) -> JSONResponse:
 
 
 async def _case_command(request: Request, case_id: uuid.UUID, body: BaseModel | None, action,
-                        status: int = 200) -> JSONResponse:
+                        status: int = 200, public: bool = False) -> JSONResponse:
+    """Load the case, run ``action`` on it, save. Unless the command is ``public`` (an objection),
+    the case must lie in the caller's jurisdiction."""
     wf = workflow_of(request)
     expected = if_match_version(request)
+    authorise = None if public else covered_by_caller(request, f"case {case_id}")
 
     async def handle(conn) -> CommandResult:
-        case = await wf.load(conn, str(case_id), expected)
+        case = await wf.load(conn, str(case_id), expected, authorise)
         out = action(case)
         recorded = await wf.save(conn, case, metadata(request))
         extra = out if isinstance(out, dict) else {}
@@ -194,7 +213,8 @@ async def open_case(body: OpenCase, request: Request):
         case, recorded = await wf.open_case(
             conn, case_id=str(uuid.uuid4()), case_type=body.case_type, household_id=str(body.household_id),
             opened_by=actor, reason=body.reason, subject=body.subject,
-            monitoring_object_type=body.monitoring_object_type, meta=metadata(request, actor))
+            monitoring_object_type=body.monitoring_object_type, meta=metadata(request, actor),
+            authorise=covered_by_caller(request, f"household {body.household_id}"))
         return _accepted(201, case, [e.event_type for e in recorded])
 
     response = _with_etag(await idempotent(request, body.model_dump(mode="json"), handle))
@@ -246,7 +266,7 @@ async def batch_decide(body: BatchDecide, request: Request):
 async def file_objection(case_id: uuid.UUID, body: FileObjection, request: Request):
     wf = workflow_of(request)
     return await _case_command(request, case_id, body, lambda case: {"objection_id": case.file_objection(
-        content=body.content, name=body.name, now=wf.clock.now())}, status=201)
+        content=body.content, name=body.name, now=wf.clock.now())}, status=201, public=True)
 
 
 @router.post("/cases/{case_id}/objections/{objection_id}/resolution", response_model=CaseAccepted,
@@ -269,7 +289,8 @@ async def record_comparisons(case_id: uuid.UUID, body: RecordComparisons, reques
 
     async def handle(conn) -> CommandResult:
         case = await wf.record_comparisons(conn, str(case_id), expected, recorder,
-                                           [r.model_dump(mode="json") for r in body.results], metadata(request))
+                                           [r.model_dump(mode="json") for r in body.results], metadata(request),
+                                           covered_by_caller(request, f"case {case_id}"))
         return _accepted(200, case, ["ComparisonRecorded"] * len(body.results))
 
     return _with_etag(await idempotent(request, body.model_dump(mode="json"), handle))

@@ -10,7 +10,7 @@ registry's topic (``households.py``), never from the registry's database.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from contracts.workflow import derived_case_id  # noqa: F401 (re-exported for the process managers)
 from eventkit.errors import ConcurrencyError, DomainError
@@ -26,6 +26,12 @@ from .domain import Case, Reviewer
 # client (vehicles, business registry, payroll, property), within its jurisdiction.
 COMPARISON_ROLES = ("county_office", "department")
 MAX_BATCH = 500
+
+Authorise = Callable[[str | None], None]
+"""A check of the caller against a record's village code: returns, or raises ``DomainError``
+(403 ``outside_jurisdiction``). Commands of the process managers pass none."""
+
+
 @dataclass(frozen=True)
 class HouseholdFacts:
     household_id: str
@@ -62,12 +68,18 @@ class Workflow:
     def new_case(self, case_id: str) -> Case:
         return Case(case_id, self.case_types)
 
-    async def load(self, conn: Any, case_id: str, expected_version: int | None = None) -> Case:
+    async def load(self, conn: Any, case_id: str, expected_version: int | None = None,
+                   authorise: Authorise | None = None) -> Case:
+        """The case folded from its events; 404 if there is none. ``authorise`` is given the case's
+        village before anything else about the case is checked (its version, its step), so that a
+        caller outside the case's jurisdiction learns nothing but the refusal."""
         case = self.new_case(case_id)
         for event in await self.store.read_stream(case_id, conn=conn):
             case.replay(event)
         if not case.exists:
             raise DomainError("case_not_found", f"case {case_id} does not exist", 404)
+        if authorise is not None:
+            authorise(case.village_code)
         if expected_version is not None and expected_version != case.version:
             raise DomainError("version_mismatch", f"case {case_id} is at version {case.version}, not "
                               f"{expected_version}", 412, current_version=case.version)
@@ -102,14 +114,18 @@ class Workflow:
 
     async def open_case(self, conn: Any, *, case_id: str, case_type: str, household_id: str, opened_by: str,
                         reason: str, meta: Metadata, subject: str | None = None,
-                        monitoring_object_type: str | None = None) -> tuple[Case, list[RecordedEvent]]:
+                        monitoring_object_type: str | None = None,
+                        authorise: Authorise | None = None) -> tuple[Case, list[RecordedEvent]]:
         """Open a case for a household the registry has published; at most one open case per
-        (type, household, subject)."""
+        (type, household, subject). ``authorise`` is given the household's village (the opener's
+        jurisdiction must cover it)."""
         facts = await self.household(conn, household_id)
         if facts is None:
             raise DomainError("household_unknown", f"household {household_id} is not in the register (or the "
                               "registry's event has not reached the workflow service yet)", 404,
                               field="household_id")
+        if authorise is not None:
+            authorise(facts.village_code)
         case = self.new_case(case_id)
         case.open(case_type=case_type, household_id=household_id, village_code=facts.village_code,
                   opened_by=opened_by, reason=reason, now=self.clock.now(), subject=subject,
@@ -131,8 +147,8 @@ class Workflow:
 
     async def record_comparisons(self, conn: Any, case_id: str, expected_version: int | None,
                                  recorder: Reviewer, results: Sequence[Mapping[str, Any]],
-                                 meta: Metadata) -> Case:
-        case = await self.load(conn, case_id, expected_version)
+                                 meta: Metadata, authorise: Authorise | None = None) -> Case:
+        case = await self.load(conn, case_id, expected_version, authorise)
         recorder = next((recorder.acting_as(r) for r in COMPARISON_ROLES if recorder.holds(r)), recorder)
         if recorder.role not in COMPARISON_ROLES:
             raise DomainError("wrong_role", f"comparison results are recorded by {' or '.join(COMPARISON_ROLES)}, "
@@ -168,6 +184,9 @@ class Workflow:
                 if case.village_code != village_code:
                     raise DomainError("wrong_village", f"case {case_id} is in village {case.village_code}, "
                                       f"not {village_code}", 422)
+                if not reviewer.covers(village_code):  # before the step tells anything about the case
+                    raise DomainError("outside_jurisdiction", f"jurisdiction {reviewer.jurisdiction} does not "
+                                      f"cover village {village_code}", 403, village_code=village_code)
                 case.decide(step_id=step_id, decision=decision, reviewer=reviewer, now=now, comment=comment,
                             return_to=return_to)
                 cases.append(case)

@@ -1,16 +1,19 @@
 """Workflow query API.
 
 * ``GET /cases``: cases by region (village, township, county or above), type,
-  step, status, household and overdue, from the case board (read model).
+  step, status, household and overdue, from the case board (read model); only
+  cases within the caller's jurisdiction (a region outside it finds nothing).
 * ``GET /cases/{id}``: one case as the event store has it (with its notices,
-  objections, comparison results and decisions); ``ETag`` is its version.
-* ``GET /cases/{id}/timeline``: every event of the case, in order.
+  objections, comparison results and decisions); ``ETag`` is its version. 403
+  ``outside_jurisdiction`` for a case outside the caller's jurisdiction.
+* ``GET /cases/{id}/timeline``: every event of the case, in order (the same 403).
 * ``GET /villages/{code}/notices``: the village's public notice board. Public:
   the household appears only by the masked name of its head, never with an ID
   number; objections are counted, not shown.
 * ``GET /inbox``: open cases waiting for the caller's role and level within
-  the caller's jurisdiction (identity headers, see ``api.py``).
-* ``GET /case-types``: the loaded case type definitions.
+  the caller's jurisdiction (the principal of the internal identity token, see
+  ``api.py``).
+* ``GET /case-types``: the loaded case type definitions (public).
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from pydantic import BaseModel, Field
 
 from contracts.registry import REGION_CODE_PATTERN, VILLAGE_CODE_PATTERN
 from eventkit.errors import DomainError
-from eventkit.runtime import runtime_of
+from eventkit.runtime import jurisdiction_prefix_of, require_covers, runtime_of
 
-from .api import ERRORS, reviewer_of, workflow_of
+from .api import ERRORS, covered_by_caller, reviewer_of, workflow_of
 from .domain import jurisdiction_prefix
 
 router = APIRouter()
@@ -120,7 +123,8 @@ def _summary(row: Any, now: datetime) -> dict[str, Any]:
     return out
 
 
-@router.get("/cases", response_model=CasePage, tags=["cases"], summary="List cases")
+@router.get("/cases", response_model=CasePage, responses=ERRORS, tags=["cases"],
+            summary="List cases within my jurisdiction")
 async def list_cases(
     request: Request,
     region: str | None = Query(default=None, pattern=REGION_PATTERN,
@@ -141,6 +145,7 @@ async def list_cases(
         args.append(value)
         where.append(clause.format(f"${len(args)}"))
 
+    add("village_code LIKE {}", jurisdiction_prefix_of(request) + "%")  # only the caller's jurisdiction
     if region:
         add("village_code LIKE {}", jurisdiction_prefix(region.ljust(12, "0")) + "%")
     if case_type:
@@ -154,7 +159,7 @@ async def list_cases(
     if overdue is not None:
         add("(status = 'open' AND due_at IS NOT NULL AND due_at < {})" if overdue
             else "NOT (status = 'open' AND due_at IS NOT NULL AND due_at < {})", now)
-    sql_where = (" WHERE " + " AND ".join(where)) if where else ""
+    sql_where = " WHERE " + " AND ".join(where)
     pool = runtime_of(request).pool
     total = await pool.fetchval(f"SELECT count(*) FROM wf_cases{sql_where}", *args)
     rows = await pool.fetch(f"SELECT {_LIST_COLUMNS} FROM wf_cases{sql_where} ORDER BY opened_at, case_id"
@@ -191,7 +196,7 @@ def _iso(value: Any) -> Any:
 async def get_case(case_id: uuid.UUID, request: Request):
     wf = workflow_of(request)
     async with runtime_of(request).pool.acquire() as conn:
-        case = await wf.load(conn, str(case_id))
+        case = await wf.load(conn, str(case_id), authorise=covered_by_caller(request, f"case {case_id}"))
     definition = case.definition
     now = wf.clock.now()
     step = definition.step(case.current_step) if case.current_step else None
@@ -223,8 +228,10 @@ async def get_case(case_id: uuid.UUID, request: Request):
             summary="Every event of a case, in order")
 async def timeline(case_id: uuid.UUID, request: Request):
     events = await runtime_of(request).store.read_stream(str(case_id))
-    if not events:
+    if not events or events[0].stream_type != "case":
         raise DomainError("case_not_found", f"case {case_id} does not exist", 404)
+    opened = events[0].data if events[0].event_type == "CaseOpened" else {}
+    require_covers(request, opened.get("village_code"), f"case {case_id}")
     return {"case_id": str(case_id), "version": events[-1].version, "events": [
         {"version": e.version, "event_id": str(e.event_id), "event_type": e.event_type,
          "recorded_at": e.recorded_at, "actor": e.metadata.get("actor"), "data": e.data} for e in events]}
