@@ -154,6 +154,7 @@ def _wait_ready(urls: dict[str, str], procs: dict[str, subprocess.Popen], timeou
 
 
 DEMO_COUNTY = "620102"  # Chengguan district of Lanzhou (a real GB/T 2260 code)
+ADMIN_USERNAME = "province-admin"  # the first administrator `tpa up` creates (random password)
 
 
 DEMO_VILLAGE = f"{DEMO_COUNTY}998001"  # a generated village kept for the walking-skeleton registration
@@ -199,13 +200,16 @@ def load_demo_county(env: dict[str, str], households: int) -> None:
                    env=env, check=True)
 
 
-def demo_flow(gateway: str, village: str, timeout: float = 30.0) -> dict[str, Any]:
-    """Register one household through the gateway and wait until monitoring counts it."""
+def demo_flow(gateway: str, village: str, tokens: dict[str, dict[str, str]],
+              timeout: float = 30.0) -> dict[str, Any]:
+    """Register one household through the gateway as the demo village's cadre and wait until
+    monitoring counts it; then open its identification case."""
     import random
 
     from services.registry.identity import check_character
 
-    _, before = _http_json(f"{gateway}/api/v1/villages/{village}/households")
+    cadre = tokens["cadre"]
+    _, before = _http_json(f"{gateway}/api/v1/villages/{village}/households", headers=cadre)
     rng = random.Random()
     for _ in range(10):  # a person may be registered already (by an earlier demo run): pick another
         first17 = f"{DEMO_COUNTY}{rng.randint(1950, 1999)}0{rng.randint(1, 9)}1{rng.randint(0, 8)}" \
@@ -214,27 +218,26 @@ def demo_flow(gateway: str, village: str, timeout: float = 30.0) -> dict[str, An
                 "sex": "male" if int(first17[16]) % 2 else "female"}
         status, created = _http_json(f"{gateway}/api/v1/households",
                                      {"village_code": village, "address": "一组1号", "members": [head]},
-                                     headers={"Idempotency-Key": f"demo-{time.time_ns()}"})
+                                     headers={"Idempotency-Key": f"demo-{time.time_ns()}", **cadre})
         if status != 409:
             break
     if status != 201:
         raise RuntimeError(f"registration through the gateway failed: {status} {created}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _, after = _http_json(f"{gateway}/api/v1/villages/{village}/households")
+        _, after = _http_json(f"{gateway}/api/v1/villages/{village}/households", headers=cadre)
         if after and after.get("households", 0) > (before or {}).get("households", 0):
             return {"household": created, "village": after,
-                    "case": demo_review(gateway, village, created["household_id"], deadline)}
+                    "case": demo_review(gateway, tokens, created["household_id"], deadline)}
         time.sleep(0.2)
     raise RuntimeError("the registered household did not reach monitoring in time")
 
 
-def demo_review(gateway: str, village: str, household_id: str, deadline: float) -> dict[str, Any]:
+def demo_review(gateway: str, tokens: dict[str, dict[str, str]], household_id: str,
+                deadline: float) -> dict[str, Any]:
     """Open an identification case for the demo household and let the village-group appraisal
     approve it, so that its first public notice appears on the village's notice board."""
-    cadre = {"x-tpa-actor": "demo-cadre", "x-tpa-role": "cadre", "x-tpa-level": "village",
-             "x-tpa-jurisdiction": village}
-    committee = dict(cadre, **{"x-tpa-actor": "demo-committee", "x-tpa-role": "village_committee"})
+    cadre, committee = tokens["cadre"], tokens["committee"]
     while True:  # the workflow learns of the household from the registry's topic
         status, case = _http_json(f"{gateway}/api/v1/cases", {"case_type": "identification", "household_id":
                                   household_id, "reason": "本户书面申请(演示)"}, headers=cadre)
@@ -285,6 +288,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             env["TPA_REGISTRY_ID_HMAC_KEY"] = _local_secret("registry-id-hmac-key")
         if not env.get("TPA_FUNDS_ID_HMAC_KEY"):  # keyed hash of payment accounts (a key of its own)
             env["TPA_FUNDS_ID_HMAC_KEY"] = _local_secret("funds-account-hmac-key")
+        # Two keyrings: the gateway's access tokens, and the internal identity tokens the gateway
+        # signs for the services (never the same key: a service cannot mint API tokens).
+        if not env.get("TPA_GATEWAY_TOKEN_KEYS"):
+            env["TPA_GATEWAY_TOKEN_KEYS"] = "local=" + _local_secret("gateway-token-key")
+        if not env.get("TPA_INTERNAL_TOKEN_KEYS"):
+            env["TPA_INTERNAL_TOKEN_KEYS"] = "local=" + _local_secret("internal-token-key")
         urls: dict[str, str] = {}
         for s in SERVICES:
             port_var = f"TPA_{s.upper()}_PORT"
@@ -305,12 +314,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         _wait_ready(urls, procs, args.timeout)
         gateway = urls["gateway"]
         print(f"\nTPA is up. Gateway: {gateway}  (OpenAPI: {gateway}/docs)")
+        admin_password = asyncio.run(bootstrap_admin(env))
+        if admin_password:
+            print(f"Administrator: user {ADMIN_USERNAME!r} (province {DEMO_COUNTY[:2]}), password {admin_password}\n"
+                  f"  (shown once; `tpa users set-password {ADMIN_USERNAME}` sets another)")
         registry_dsn = env["TPA_REGISTRY_DATABASE_URL"]
         if args.demo_households > 0 and not asyncio.run(_has_households(registry_dsn)):
             print(f"Loading a synthetic county ({args.demo_households} households) through the bulk import...")
             load_demo_county(env, args.demo_households)
         if not args.no_demo_event:
-            result = demo_flow(gateway, asyncio.run(seed_demo_village(registry_dsn)))
+            village = asyncio.run(seed_demo_village(registry_dsn))
+            result = demo_flow(gateway, village, asyncio.run(demo_tokens(env, gateway, village)))
             print("Walking skeleton: registered household "
                   f"{result['household']['household_id']} through the gateway; monitoring now counts "
                   f"{result['village']['households']} household(s) in village {result['village']['village_code']}.")
@@ -342,6 +356,120 @@ def cmd_up(args: argparse.Namespace) -> int:
             pg.stop()
         (STATE_DIR / RUNTIME_ENV).unlink(missing_ok=True)
         print("TPA stopped.")
+
+
+# -- users ------------------------------------------------------------------------------
+
+async def _accounts(env: dict[str, str]) -> Any:
+    """The gateway's account store on its own database (for the host operator's commands)."""
+    import asyncpg
+
+    from eventkit import migrations as mig
+    from eventkit.store import EventStore
+    from eventkit.tokens import parse_keyring
+    from services.gateway.accounts import Accounts
+
+    dsn = env.get("TPA_GATEWAY_DATABASE_URL")
+    if not dsn:
+        raise SystemExit("TPA_GATEWAY_DATABASE_URL is not set (is `tpa up` running?)")
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3)
+    async with pool.acquire() as conn:
+        await mig.apply(conn, mig.load("eventkit", mig.EVENTKIT_MIGRATIONS)
+                        + mig.load("gateway", Path(__file__).parent / "gateway" / "migrations"))
+    keys = env.get("TPA_GATEWAY_TOKEN_KEYS") or "unused=" + "A" * 43
+    return Accounts(pool, EventStore(pool), parse_keyring(keys))
+
+
+def _new_password() -> str:
+    import secrets
+
+    return "-".join(secrets.token_urlsafe(6) for _ in range(3))  # 24 characters, URL-safe
+
+
+async def bootstrap_admin(env: dict[str, str]) -> str | None:
+    """The first administrator (province of the demo county), with a random password, unless one
+    exists: there are no default passwords."""
+    accounts = await _accounts(env)
+    try:
+        if await accounts.pool.fetchval("SELECT 1 FROM accounts WHERE 'administrator' = ANY(roles)"):
+            return None
+        password = _new_password()
+        await accounts.create_user(None, username=ADMIN_USERNAME, roles=["administrator"], level="province",
+                                   jurisdiction=DEMO_COUNTY[:2] + "0000", password=password)
+        return password
+    finally:
+        await accounts.pool.close()
+
+
+async def demo_tokens(env: dict[str, str], gateway: str, village: str) -> dict[str, dict[str, str]]:
+    """Demo users of the demo village (a cadre and a village committee member) with fresh random
+    passwords, signed in through the token endpoint like any app."""
+    import urllib.parse
+
+    accounts = await _accounts(env)
+    out: dict[str, dict[str, str]] = {}
+    try:
+        for key, role in (("cadre", "cadre"), ("committee", "village_committee")):
+            name, password = f"demo-{key}", _new_password()
+            exists = await accounts.pool.fetchval(
+                "SELECT 1 FROM accounts WHERE principal_type = 'user' AND name = $1", name)
+            if exists:
+                await accounts.operator_set_password(name, password)
+            else:
+                await accounts.create_user(None, username=name, roles=[role], level="village",
+                                           jurisdiction=village, password=password)
+            form = urllib.parse.urlencode({"grant_type": "password", "username": name,
+                                           "password": password}).encode()
+            req = urllib.request.Request(f"{gateway}/api/v1/auth/token", data=form, method="POST", headers={
+                "Content-Type": "application/x-www-form-urlencoded"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                out[key] = {"Authorization": f"Bearer {json.loads(resp.read())['access_token']}"}
+    finally:
+        await accounts.pool.close()
+    return out
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """Operator commands on user accounts, against the gateway's database."""
+    import getpass
+
+    _load_runtime_env()
+    env = dict(os.environ)
+
+    async def run() -> int:
+        from eventkit.errors import DomainError
+
+        accounts = await _accounts(env)
+        try:
+            password = args.password_from_stdin and sys.stdin.readline().rstrip("\n")
+            if not password:
+                password = _new_password() if args.generate else getpass.getpass("New password: ")
+            if args.action == "create":
+                user = await accounts.create_user(None, username=args.username, roles=args.role,
+                                                  level=args.level, jurisdiction=args.jurisdiction,
+                                                  password=password)
+                print(f"created user {user.username} ({user.id})")
+            else:
+                await accounts.operator_set_password(args.username, password)
+                print(f"password of {args.username} set; their sessions are ended")
+            if args.generate:
+                print(f"password: {password}  (shown once)")
+            return 0
+        except DomainError as exc:
+            print(f"{exc.code}: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            await accounts.pool.close()
+
+    return asyncio.run(run())
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Print a new keyring entry (for TPA_GATEWAY_TOKEN_KEYS or TPA_INTERNAL_TOKEN_KEYS)."""
+    from eventkit.tokens import keyring_text
+
+    print(keyring_text(args.kid))
+    return 0
 
 
 # -- import households / demo data -----------------------------------------------------
@@ -577,6 +705,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="on first start, load a synthetic county of this many households (0: none)")
     p.add_argument("--exit-after-start", action="store_true", help="stop again once up (smoke test)")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("users", help="create users or set passwords (host operator; no default passwords)")
+    p.add_argument("action", choices=["create", "set-password"])
+    p.add_argument("username")
+    p.add_argument("--role", action="append", help="a role (repeatable; create only)")
+    p.add_argument("--level", choices=["village", "township", "county", "city", "province"])
+    p.add_argument("--jurisdiction", help="6- or 12-digit region code (create only)")
+    p.add_argument("--generate", action="store_true", help="generate a random password and print it once")
+    p.add_argument("--password-from-stdin", action="store_true", help="read the password from standard input")
+    p.set_defaults(func=cmd_users)
+
+    p = sub.add_parser("keys", help="print a new random key for a token keyring")
+    p.add_argument("--kid", default=time.strftime("k%Y%m%d"), help="the key id (default: today's date)")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("projections", help="list or rebuild read models")
     psub = p.add_subparsers(dest="action", required=True)

@@ -153,6 +153,24 @@ class Accounts:
                               field="username") from None
         return user
 
+    async def operator_set_password(self, username: str, password: str) -> idn.User:
+        """The host operator's reset from the command line (``tpa users set-password``): whoever runs
+        it holds the database credentials already. The password is final, the sessions end."""
+        row = await self.pool.fetchrow("SELECT principal_id FROM accounts WHERE principal_type = 'user' AND name = $1",
+                                       idn.normalise_username(username))
+        if row is None:
+            raise DomainError("user_not_found", f"no user {username}", 404)
+        user = await self._user(row["principal_id"])
+        hashed = await asyncio.to_thread(user.set_password, password, set_by=user.id, now=self.now())
+        async with self.pool.acquire() as conn, conn.transaction():
+            await self._save_user(conn, user, SYSTEM_ACTOR)
+            await conn.execute(
+                """INSERT INTO user_credentials (user_id, password_hash) VALUES ($1, $2)
+                   ON CONFLICT (user_id) DO UPDATE SET password_hash = excluded.password_hash, failures = '{}'""",
+                user.id, hashed)
+            await self._end_sessions(conn, f"user:{user.id}")
+        return user
+
     async def set_password(self, actor: Principal, user_id: str, password: str, *,
                            current_password: str | None = None) -> idn.User:
         """A user's own change (``current_password`` required) or an administrator's reset (temporary)."""
