@@ -19,6 +19,12 @@ Periods (``DisbursementRequested.period``): ``YYYY`` a calendar year,
 ``YYYY-MM`` a month. A one-off entitlement (relocation, house renovation) is
 requested with the year it belongs to (``YYYY``) and can be paid once ever.
 
+Payments made by other departments' own systems (student aid, minimum-living
+allowance, medical assistance, ...) are sent quarterly and recorded as
+``DepartmentPaymentRecorded`` on a disbursement stream of their own: paid from the
+start, drawing on no allocation, so that a household's funds, the village
+disclosure and the anomaly rules see everything the household received.
+
 Personal data: no event carries names, ID numbers or account numbers. Bank and
 card accounts appear only masked (``account_masked``) and as a keyed hash
 (``account_hash``, HMAC-SHA256 hex) for matching.
@@ -39,6 +45,9 @@ SIGNED_MONEY_PATTERN = r"^-?[0-9]+\.[0-9]{2}$"
 # A masked account or card number: at most the first 6 and the last 4 digits shown.
 ACCOUNT_MASKED_PATTERN = r"^[0-9]{0,6}\*{4,}[0-9]{0,4}$"
 PERIOD_PATTERN = r"^[0-9]{4}(?:-(?:0[1-9]|1[0-2])|-S[12])?$"
+QUARTER_PATTERN = r"^[0-9]{4}-Q[1-4]$"
+# A paying department's code (subsidy records), e.g. civil_affairs.
+DEPARTMENT_PATTERN = r"^[a-z][a-z_]{1,31}$"
 # Province (2 digits), city (4) or county (6): an allocation's budget region.
 BUDGET_REGION_PATTERN = r"^[1-9][0-9](?:[0-9]{2}|[0-9]{4})?$"
 # Township (9 digits, or 12 with a 000 village part) or village (12): where a project is.
@@ -394,6 +403,47 @@ class DisbursementReversed(_DisbursementEvent):
     reversed_at: datetime
 
 
+class DepartmentPaymentRecorded(_DisbursementEvent):
+    """Another department's own system paid a household (or one member) under a policy, and said so in
+    its quarterly subsidy records (``POST /subsidy-records``). The payment did not draw on any
+    allocation of the platform: the disbursement starts (and stays) ``paid``, it is never approved,
+    paid, reconciled or reversed on the platform. Its id is derived from ``department``,
+    ``payer_jurisdiction`` and ``department_reference`` (uuid5), so the same payment is recorded once."""
+
+    event_type: ClassVar[str] = "DepartmentPaymentRecorded"
+
+    household_id: str = _uuid("Household id.")
+    member_id: str | None = Field(default=None, pattern=UUID_PATTERN, description=(
+        "Member id, for entitlements paid per person."))
+    village_code: str = Field(pattern=VILLAGE_CODE_PATTERN, description="The household's village.")
+    policy_code: str = Field(min_length=1, description=(
+        "Policy of the catalogue (GET /policies) or department policy (services/funds/subsidies.py)."))
+    policy_version: int | None = Field(default=None, ge=1, description=(
+        "Version of the catalogue standard in force for the period; null for a department policy or when "
+        "none is in force."))
+    policy_group: str | None = Field(default=None, description=(
+        "Entitlement group (one payment per beneficiary, group and period); null for assistance paid per case."))
+    policy_unit: Literal["per_year", "per_month", "once"] | None = Field(default=None, description=(
+        "What the policy is paid per; null for assistance paid per case."))
+    period: str = Field(pattern=PERIOD_PATTERN, description="YYYY, YYYY-S1, YYYY-S2 or YYYY-MM.")
+    amount: str = _money("What the department paid.")
+    standard_amount: str | None = Field(default=None, pattern=MONEY_PATTERN, description=(
+        "The catalogue standard for the period, when there is one (the anomaly rules compare)."))
+    channel: Literal["one_card", "student_aid_card", "bank_transfer"]
+    paid_on: date
+    department: str = Field(pattern=DEPARTMENT_PATTERN, description=(
+        "The paying department (education, civil_affairs, health_insurance, ...)."))
+    payer_jurisdiction: str = Field(pattern=r"^[1-9][0-9]{11}$", description=(
+        "12-digit code of the jurisdiction of the department system (or county office) that sent the record: "
+        "with the department, the namespace of its references."))
+    department_reference: str = Field(min_length=1, max_length=64, description=(
+        "The department's own payment id, unique per department and jurisdiction."))
+    quarter: str = Field(pattern=QUARTER_PATTERN, description="The quarter of the import, e.g. 2025-Q1.")
+    import_id: str = _uuid("The import (file) the record came in.")
+    recorded_by: str = Field(min_length=1, description="Client system or user id that sent the file.")
+    recorded_at: datetime
+
+
 # --- anomaly ---------------------------------------------------------------------------
 
 
@@ -428,6 +478,6 @@ PROJECT_EVENTS: tuple[type[EventModel], ...] = (
 )
 DISBURSEMENT_EVENTS: tuple[type[EventModel], ...] = (
     DisbursementRequested, DisbursementApproved, DisbursementPaid, DisbursementReconciled, DisbursementFailed,
-    DisbursementReversed,
+    DisbursementReversed, DepartmentPaymentRecorded,
 )
 ANOMALY_EVENTS: tuple[type[EventModel], ...] = (AnomalyDetected,)

@@ -225,6 +225,13 @@ SAMPLES: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {
                                                  reconciled_at=AT),
     ("DisbursementFailed", 1): _disbursement(reason="card closed", failed_at=AT),
     ("DisbursementReversed", 1): _disbursement(reason="recovered after audit", reversed_at=AT),
+    ("DepartmentPaymentRecorded", 1): _disbursement(
+        household_id=HOUSEHOLD_ID, member_id=MEMBER_ID, village_code="620102001001",
+        policy_code="minimum_living_tier1", policy_version=1, policy_group="minimum_living", policy_unit="per_month",
+        period="2025-02", amount="310.00", standard_amount="310.00", channel="one_card", paid_on="2025-02-05",
+        department="civil_affairs", payer_jurisdiction="620102000000", department_reference="MZ2025020500017",
+        quarter="2025-Q1", import_id="0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", recorded_by="mz-dibao-620102",
+        recorded_at=AT),
     ("AnomalyDetected", 1): (ANOMALY_ID, {
         "anomaly_id": ANOMALY_ID, "rule": "paid_to_deceased", "severity": "high", "subject_type": "disbursement",
         "subject_id": DISBURSEMENT_ID, "household_id": HOUSEHOLD_ID, "village_code": "620102001001",

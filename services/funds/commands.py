@@ -99,6 +99,16 @@ class Funds:
     clock: Clock
     catalogue: Catalogue
     account_key: bytes | None = None  # keyed hash of payment accounts (shared-account anomaly)
+    # The registry's ID-number hashing key, only where the deployment gives it (subsidy records named by
+    # ID number are matched by MemberAdded.id_hmac; see services/funds/subsidy_api.py).
+    id_number_key: bytes | None = None
+
+    def id_number_hasher(self) -> Any:
+        """The registry's keyed hash of a normalised ID number (None without the key)."""
+        if not self.id_number_key:
+            return None
+        key = self.id_number_key
+        return lambda number: hmac.new(key, number.encode("ascii"), hashlib.sha256).hexdigest()
 
     # -- loading and saving ----------------------------------------------------------
 
@@ -233,6 +243,7 @@ class Funds:
                       meta: Metadata, principal: Principal | None,
                       allocation_id: str | None = None) -> tuple[Disbursement, list[RecordedEvent]]:
         d = await self.load_within(conn, Disbursement, disbursement_id, expected, principal)
+        d.require_platform("approve")
         facts = await self.facts(conn, d.household_id)
         project, allocation = await self._project_and_allocation(conn, d, allocation_id)
         d.approve(approved_by=approved_by, now=self.clock.now(), facts=facts, allocation=allocation, project=project,
@@ -245,6 +256,7 @@ class Funds:
                   channel_reference: str, paid_on: date, meta: Metadata,
                   principal: Principal | None) -> tuple[Disbursement, list[RecordedEvent]]:
         d = await self.load_within(conn, Disbursement, disbursement_id, expected, principal)
+        d.require_platform("pay")
         project = await self.load(conn, Project, d.project_id) if d.project_id else None
         allocation = await self.load(conn, Allocation, d.allocation_id) if d.allocation_id else None
         if allocation is None:
@@ -261,6 +273,7 @@ class Funds:
                               reason: str, meta: Metadata,
                               principal: Principal | None) -> tuple[Disbursement, list[RecordedEvent]]:
         d = await self.load_within(conn, Disbursement, disbursement_id, expected, principal)
+        d.require_platform("reverse" if reverse else "fail")
         project = await self.load(conn, Project, d.project_id) if d.project_id else None
         allocation = await self.load(conn, Allocation, d.allocation_id) if d.allocation_id else None
         if reverse:
@@ -273,6 +286,28 @@ class Funds:
         recorded = await self.save(conn, [x for x in (d, allocation, project) if x is not None], meta)
         await self._mirror(conn, d)
         return d, recorded
+
+    async def record_department_payments(self, conn: Any, payments: Sequence[tuple[Disbursement, HouseholdFacts]],
+                                         meta: Metadata) -> tuple[list[RecordedEvent], int]:
+        """Save department payments (``Disbursement.record_department_payment`` done, in the caller's
+        transaction), mirror them for the anomaly rules and run the rules they touch, once per household:
+        the payment rules on each new payment, the duplicate rule over all the household's live payments
+        (the platform's and every department's). Department payments take no ``fd_payment_keys`` row: they
+        are facts, and a second payment of an entitlement is what the duplicate rule reports. Returns the
+        events and the number of anomalies recorded."""
+        recorded = await self.save(conn, [d for d, _ in payments], meta)
+        by_household: dict[str, tuple[HouseholdFacts, list[Disbursement]]] = {}
+        for d, facts in payments:
+            await self._mirror(conn, d)
+            by_household.setdefault(facts.household_id, (facts, []))[1].append(d)
+        found: list = []
+        for household_id, (facts, items) in by_household.items():
+            for d in items:
+                found += payment_anomalies(PaymentFacts.of(d), facts, self.catalogue)
+            found += duplicate_periods(await self._payments(conn, "household_id", household_id))
+        records = await self._records(conn, found)
+        recorded += await self.save(conn, records, meta)
+        return recorded, len(records)
 
     # -- anomalies ----------------------------------------------------------------------
 

@@ -18,6 +18,13 @@ touched in one transaction, with optimistic concurrency on each stream):
   records it on the project; ``fail``/``reverse`` release the commitment or payment.
   Acceptance or cancellation releases what is left of each funding line.
 
+A payment another department's system made (quarterly subsidy records,
+``services/funds/subsidies.py``) is a disbursement too, recorded at once as paid
+(``Disbursement.record_department_payment``, ``DepartmentPaymentRecorded``): it
+draws on no allocation, is not checked for eligibility (it is a fact; the anomaly
+rules judge it) and cannot be approved, paid, reconciled, failed or reversed on the
+platform (409 ``department_payment``).
+
 Eligibility is decided on ``HouseholdFacts``, which the application layer folds
 from the registry's household events (``fold_household_facts``). Commands take
 ``now`` (timezone-aware); dates of effect are China dates. They raise
@@ -797,7 +804,8 @@ def duplicate_payment(key: tuple[str, str, str, str], existing_disbursement_id: 
 
 
 class Disbursement(Aggregate):
-    """requested -> approved -> paid -> reconciled; failed (before payment); reversed (after)."""
+    """requested -> approved -> paid -> reconciled; failed (before payment); reversed (after). A department's
+    own payment is recorded paid at once (``record_department_payment``) and stays so."""
 
     stream_type = ev.DISBURSEMENT
 
@@ -823,6 +831,8 @@ class Disbursement(Aggregate):
         self.paid_on: date | None = None
         self.channel: str | None = None
         self.channel_reference: str | None = None
+        self.department: str | None = None  # paid by this department's own system (subsidy records)
+        self.department_reference: str | None = None
 
     def _record(self, model: type[EventModel], **data: Any) -> None:
         event = model(disbursement_id=self.id, **data)
@@ -831,11 +841,19 @@ class Disbursement(Aggregate):
     def _require(self, command: str) -> None:
         if not self.exists:
             raise DomainError("disbursement_not_found", f"disbursement {self.id} does not exist", 404)
+        self.require_platform(command)
         allowed = DISBURSEMENT_TRANSITIONS[command]
         if self.status not in allowed:
             raise _conflict("invalid_transition", f"a disbursement that is {self.status} cannot be "
                             f"{_PARTICIPLES[command]} (needs {', '.join(sorted(allowed))})",
                             current_status=self.status, command=command, allowed=sorted(allowed))
+
+    def require_platform(self, command: str) -> None:
+        """409 ``department_payment`` when the disbursement records a department's own payment."""
+        if self.department is not None:
+            raise _conflict("department_payment", f"disbursement {self.id} records a payment made by the "
+                            f"{self.department} department's own system: it cannot be {_PARTICIPLES[command]} "
+                            "on the platform", department=self.department, command=command)
 
     def _check_facts(self, facts: HouseholdFacts, household_id: str | None = None) -> None:
         household_id = household_id or self.household_id
@@ -1025,6 +1043,40 @@ class Disbursement(Aggregate):
             proj.release_payment(disbursement_id=self.id, reason=reason, now=now)
         self._record(ev.DisbursementReversed, reason=reason, reversed_at=now)
 
+    def record_department_payment(self, *, facts: HouseholdFacts, member_id: str | None, policy_code: str,
+                                  policy_group: str | None, policy_unit: str | None, period: str, amount: Any,
+                                  paid_on: date, channel: str, department: str, payer_jurisdiction: str,
+                                  reference: str, quarter: str, import_id: str, recorded_by: str, now: datetime,
+                                  policy_version: int | None = None, standard_amount: Any = None) -> None:
+        """Record a payment another department's system made (its quarterly subsidy records): a fact, so no
+        eligibility rule refuses it (a payment to a member who had died is recorded, and the anomaly rules
+        flag it); only what makes the record meaningless is refused. Draws on no allocation."""
+        now = _aware(now)
+        if self.exists:
+            raise _conflict("disbursement_exists", f"disbursement {self.id} already exists")
+        if not isinstance(facts, HouseholdFacts):
+            raise TypeError("facts must be the household's HouseholdFacts")
+        if member_id is not None:
+            member_id = _uuid(member_id, "member_id")
+            if member_id not in facts.members:
+                raise DomainError("member_not_in_household", f"member {member_id} is not a member of household "
+                                  f"{facts.household_id}", field="member_id")
+        if channel not in ev.PAYMENT_CHANNELS:
+            raise DomainError("invalid_channel", f"channel must be one of {', '.join(ev.PAYMENT_CHANNELS)}",
+                              field="channel")
+        parse_period(period)
+        paid_on = _date_arg(paid_on, "paid_on", china_date(now))
+        self._record(ev.DepartmentPaymentRecorded, household_id=_uuid(facts.household_id, "household_id"),
+                     member_id=member_id, village_code=facts.village_code, policy_code=_text(policy_code, "policy_code"),
+                     policy_version=policy_version, policy_group=policy_group, policy_unit=policy_unit,
+                     period=period, amount=fmt(money(amount, "amount")),
+                     standard_amount=fmt(money(standard_amount, "standard_amount"))
+                     if standard_amount is not None else None,
+                     channel=channel, paid_on=paid_on, department=department, payer_jurisdiction=payer_jurisdiction,
+                     department_reference=_text(reference, "reference"), quarter=quarter,
+                     import_id=_uuid(import_id, "import_id"), recorded_by=_text(recorded_by, "recorded_by"),
+                     recorded_at=now)
+
     @property
     def payment_key(self) -> tuple[str, str, str, str] | None:
         return payment_key(self)
@@ -1056,3 +1108,14 @@ class Disbursement(Aggregate):
 
     def when_DisbursementReversed(self, d: dict[str, Any]) -> None:
         self.status = "reversed"
+
+    def when_DepartmentPaymentRecorded(self, d: dict[str, Any]) -> None:
+        self.status = "paid"
+        self.basis = "policy"
+        for name in ("household_id", "member_id", "village_code", "policy_code", "policy_version", "policy_group",
+                     "policy_unit", "period", "channel", "department"):
+            setattr(self, name, d.get(name))
+        self.department_reference = d["department_reference"]
+        self.amount = Decimal(d["amount"])
+        self.standard_amount = Decimal(d["standard_amount"]) if d.get("standard_amount") else None
+        self.paid_on = _day(d["paid_on"])

@@ -1,10 +1,13 @@
 """The funds double-entry ledger: every yuan of every allocation, posted twice.
 
 The projection ``funds-ledger`` (class `FundsLedger`) follows the allocation,
-project and disbursement topics. Only allocation events move money, so only they
-post; project and disbursement events keep the read-model rows that the ledger's
-queries join the postings with (``services/funds/ledger_queries.py``). Tables are
-in ``migrations/0002_ledger.sql``.
+project and disbursement topics. Allocation events move the platform's money, so
+they post; so does ``DepartmentPaymentRecorded``, a payment another department's
+own system made (quarterly subsidy records), which moves money that never was on
+an allocation. Project and the other disbursement events keep the read-model rows
+that the ledger's queries join the postings with
+(``services/funds/ledger_queries.py``). Tables are in ``migrations/0002_ledger.sql``
+(department accounts: ``0004_department_subsidies.sql``).
 
 Chart of accounts
 -----------------
@@ -23,11 +26,21 @@ account                        normal  meaning
                                        account per allocation); each line names its
                                        disbursement, and its project for project
                                        payments, as dimensions.
+``department:<dept>:<year>``   credit  money a department (education, civil_affairs,
+                                       ...) paid through its own system for periods of
+                                       the year: minus everything it paid.
+``paid:department:<dept>:      debit   what that department paid (the expense account
+<year>``                               of its payments); each line names its
+                                       disbursement.
 =============================  ======  ================================================
 
 Balances are debit minus credit. For every allocation ``amount = available +
 reserved + paid`` and the source account of its source and year holds minus the
-sum of the amounts; all balances together are zero.
+sum of the amounts; for every department and year the two department accounts
+are opposite; all balances together are zero. Department accounts have no
+allocation (``allocation_id`` is null on their lines and balances), so the
+allocation and source totals never include them, while the payments by household
+and village (which read every ``paid:`` account) do.
 
 Postings (Dr / Cr, amounts from the event):
 
@@ -37,6 +50,9 @@ Postings (Dr / Cr, amounts from the event):
 - ``FundsReserved``: Dr reserved / Cr available.
 - ``ReservationReleased``: Dr available / Cr reserved.
 - ``FundsSpent``: Dr paid / Cr reserved.
+- ``DepartmentPaymentRecorded``: Dr ``paid:department:<dept>:<year>`` / Cr
+  ``department:<dept>:<year>`` (the year of the payment's period, the business
+  date its ``paid_on``).
 - ``SpendingReversed``: Dr reserved / Cr paid: the contract puts a reversed payment
   back into the reservation it was spent from; the ``ReservationReleased`` that
   follows when the reservation is no longer needed moves it on to available.
@@ -60,6 +76,7 @@ rather than letting the ledger drift. Unknown event types are ignored.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +87,7 @@ from typing import Any, Literal
 from contracts.funds import (
     ALLOCATION,
     ALLOCATION_TOPIC,
+    DEPARTMENT_PATTERN,
     DISBURSEMENT,
     DISBURSEMENT_TOPIC,
     FUND_SOURCES,
@@ -82,7 +100,8 @@ CHINA_TZ = timezone(timedelta(hours=8))  # dates of effect are China dates (as i
 ZERO = Decimal("0.00")
 CENT = Decimal("0.01")
 
-AccountKind = Literal["source", "available", "reserved", "paid"]
+AccountKind = Literal["source", "available", "reserved", "paid", "department", "department_paid"]
+_DEPARTMENT = re.compile(DEPARTMENT_PATTERN)
 
 POSTING_EVENT_TYPES: frozenset[str] = frozenset({
     "AllocationCreated", "AllocationAdjusted", "FundsReserved", "ReservationReleased", "FundsSpent",
@@ -116,14 +135,22 @@ def paid_account(allocation_id: str) -> str:
     return f"paid:{allocation_id}"
 
 
+def department_account(department: str, year: int) -> str:
+    return f"department:{department}:{year}"
+
+
+def department_paid_account(department: str, year: int) -> str:
+    return f"paid:department:{department}:{year}"
+
+
 @dataclass(frozen=True)
 class Account:
     """A parsed account name."""
 
     kind: AccountKind
     allocation_id: str | None = None  # allocation accounts
-    source: str | None = None         # source accounts
-    year: int | None = None           # source accounts
+    source: str | None = None         # source accounts: the fund source; department accounts: the department
+    year: int | None = None           # source and department accounts
 
 
 def parse_account(account: str) -> Account:
@@ -134,6 +161,11 @@ def parse_account(account: str) -> Account:
         return Account(parts[2], allocation_id=parts[1])  # type: ignore[arg-type]
     if len(parts) == 2 and parts[0] == "paid" and parts[1]:
         return Account("paid", allocation_id=parts[1])
+    if len(parts) == 3 and parts[0] == "department" and _DEPARTMENT.match(parts[1]) and parts[2].isdigit():
+        return Account("department", source=parts[1], year=int(parts[2]))
+    if (len(parts) == 4 and parts[:2] == ["paid", "department"] and _DEPARTMENT.match(parts[2])
+            and parts[3].isdigit()):
+        return Account("department_paid", source=parts[2], year=int(parts[3]))
     raise LedgerError(f"not an account of the chart: {account!r}")
 
 
@@ -161,7 +193,7 @@ class Posting:
     debit: Decimal
     credit: Decimal
     occurred: date
-    allocation_id: str
+    allocation_id: str | None  # None on the department accounts
     project_id: str | None = None
     disbursement_id: str | None = None
 
@@ -268,6 +300,27 @@ def postings_of(event_type: str, data: Mapping[str, Any], *, funding: Funding | 
         return []
     lines = [Posting(1, debit, amount, ZERO, occurred, allocation_id, project_id, disbursement_id),
              Posting(2, credit, ZERO, amount, occurred, allocation_id, project_id, disbursement_id)]
+    verify_balanced(lines)
+    return lines
+
+
+def department_postings(data: Mapping[str, Any]) -> list[Posting]:
+    """The lines of a ``DepartmentPaymentRecorded`` (its data, with ``disbursement_id``): Dr
+    ``paid:department:<dept>:<year>`` / Cr ``department:<dept>:<year>``, the year of the period."""
+    department, period = data.get("department"), data.get("period")
+    if not isinstance(department, str) or not _DEPARTMENT.match(department):
+        raise LedgerError(f"DepartmentPaymentRecorded names no valid department: {department!r}")
+    if not isinstance(period, str) or len(period) < 4 or not period[:4].isdigit():
+        raise LedgerError(f"DepartmentPaymentRecorded has a bad period {period!r}")
+    disbursement_id = data.get("disbursement_id")
+    if not isinstance(disbursement_id, str) or not disbursement_id:
+        raise LedgerError("DepartmentPaymentRecorded names no disbursement")
+    amount = _money(data, "amount")
+    occurred = _china_date(data.get("paid_on"))
+    year = int(period[:4])
+    lines = [Posting(1, department_paid_account(department, year), amount, ZERO, occurred, None, None,
+                     disbursement_id),
+             Posting(2, department_account(department, year), ZERO, amount, occurred, None, None, disbursement_id)]
     verify_balanced(lines)
     return lines
 
@@ -384,6 +437,7 @@ class FundsLedger:
             (PROJECT, "ProjectPaymentRecorded"): self._project_payment,
             (PROJECT, "ProjectPaymentReleased"): self._project_payment,
             (DISBURSEMENT, "DisbursementRequested"): self._disbursement_requested,
+            (DISBURSEMENT, "DepartmentPaymentRecorded"): self._department_payment,
             **{(DISBURSEMENT, t): self._disbursement_status for t in _UPDATE_DISBURSEMENT_STATUS},
         }
 
@@ -584,6 +638,30 @@ class FundsLedger:
             _opt_uuid(d.get("member_id"), "member_id"), d["village_code"], d["basis"], d.get("policy_code"),
             d.get("policy_group"), _opt_uuid(d.get("project_id"), "project_id"), period, int(period[:4]),
             _money(d, "amount"), _china_date(d["requested_at"]), d.get("account_masked"), message.version)
+
+    async def _department_payment(self, conn: Any, message: Message) -> None:
+        """A department's own payment: its read-model row (paid from the start) and its posting."""
+        d = message.data
+        disbursement_id = _uuid(message.stream_id, "disbursement_id")
+        postings = department_postings({**d, "disbursement_id": str(disbursement_id)})
+        period = d["period"]
+        await conn.execute(
+            "INSERT INTO ledger_disbursements (disbursement_id, household_id, member_id, village_code, basis,"
+            " policy_code, policy_group, period, year, amount, status, requested_on, paid_on, channel, department,"
+            " version) VALUES ($1, $2, $3, $4, 'policy', $5, $6, $7, $8, $9, 'paid', $10, $11, $12, $13, $14)",
+            disbursement_id, _uuid(d["household_id"], "household_id"), _opt_uuid(d.get("member_id"), "member_id"),
+            d["village_code"], d["policy_code"], d.get("policy_group"), period, int(period[:4]),
+            _money(d, "amount"), _china_date(d["recorded_at"]), _china_date(d["paid_on"]), d["channel"],
+            d["department"], message.version)
+        event_id = _uuid(message.event_id, "event_id")
+        await conn.executemany(_INSERT_POSTING, [
+            (event_id, p.line_no, p.account, p.debit, p.credit, message.event_type, p.occurred, None, None,
+             _uuid(p.disbursement_id, "disbursement_id")) for p in postings])
+        accounts = sorted(p.account for p in postings)  # a fixed order, as in _post
+        await conn.executemany(_OPEN_ACCOUNT, [
+            (a, parse_account(a).kind, d["department"], int(period[:4]), None) for a in accounts])
+        by_account = {p.account: p for p in postings}
+        await conn.executemany(_MOVE_BALANCE, [(a, by_account[a].debit, by_account[a].credit) for a in accounts])
 
     async def _disbursement_status(self, conn: Any, message: Message) -> None:
         d, event_type = message.data, message.event_type

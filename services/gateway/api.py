@@ -409,6 +409,14 @@ route("POST", "/statements", "funds", action='funds:pay', query=StatementQuery, 
       summary="Import a payment channel's statement (CSV) and reconcile it", tags=F,
       openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}})
 route("GET", "/statements/{statement_id}", "funds", action='funds:read', summary="An imported statement and its exceptions", tags=F)
+route("POST", "/subsidy-records", "funds", action=("inbound:subsidies", "funds:pay"), raw_body=True, status_code=201,
+      summary="Import a quarter's subsidy records from a department (CSV or XLSX; ?quarter=2025-Q1&department=...)",
+      tags=F, openapi_extra={"requestBody": {"required": True, "content": {
+          "text/csv": {"schema": {"type": "string"}},
+          "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {"schema": {"type": "string",
+                                                                                          "format": "binary"}},
+          "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+              "file": {"type": "string", "format": "binary"}}}}}}})
 route("GET", "/anomalies", "funds", action='funds:read', query=AnomalyQuery, response_model=fa.AnomalyPage,
       summary="Anomalies found by the funds rules", tags=F)
 route("GET", "/policies", "funds", action=None, summary="The policy catalogue with its dated standards", tags=["reference"])

@@ -21,7 +21,7 @@ from .auth_api import router as auth_router
 from .guard import BEARER, RateLimiter, Refusal
 
 _UPLOAD_PATHS = ("/api/v1/imports/households", "/api/v1/statements", "/api/v1/comparison-jobs",
-                 "/api/v1/reconciliations/national", "/api/v1/inbound/deaths")
+                 "/api/v1/reconciliations/national", "/api/v1/inbound/deaths", "/api/v1/subsidy-records")
 COMPARISON_BODY_BYTES = 8 * 1024 * 1024  # 100 000 ID numbers as JSON, with room for spacing
 
 
@@ -101,6 +101,8 @@ def build(settings: ServiceSettings | None = None, *, clock: Clock | None = None
             "password": {"tokenUrl": "/api/v1/auth/token", "refreshUrl": "/api/v1/auth/token", "scopes": {}},
             "clientCredentials": {"tokenUrl": "/api/v1/auth/token", "scopes": {
                 s: s for s in SCOPES}}}}
+        from .examples import add_examples  # request (and a few response) examples
+        add_examples(schema)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
