@@ -41,6 +41,8 @@ REQUIRED_SECRETS = (
     "TPA_GATEWAY_DB_PASSWORD",
     "TPA_REGISTRY_ID_HMAC_KEY",
     "TPA_FUNDS_ID_HMAC_KEY",
+    "TPA_GATEWAY_TOKEN_KEYS",
+    "TPA_INTERNAL_TOKEN_KEYS",
 )
 INSTALL_HINT = (
     "cannot validate docker-compose.yml: no Compose implementation or Compose-spec schema found. "

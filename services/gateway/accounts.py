@@ -161,6 +161,8 @@ class Accounts:
         if row is None:
             raise DomainError("user_not_found", f"no user {username}", 404)
         user = await self._user(row["principal_id"])
+        if user.is_locked(self.now()):
+            user.unlock(unlocked_by=SYSTEM_ACTOR, now=self.now())
         hashed = await asyncio.to_thread(user.set_password, password, set_by=user.id, now=self.now())
         async with self.pool.acquire() as conn, conn.transaction():
             await self._save_user(conn, user, SYSTEM_ACTOR)

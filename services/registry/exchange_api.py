@@ -183,7 +183,6 @@ async def create_job(request: Request, purpose: Purpose = Query(description="The
             job_id, principal.subject, purpose, principal.jurisdiction, len(rows), prepared.invalid_count)
         await conn.copy_records_to_table("comparison_job_items", records=rows,
                                          columns=["job_id", "idx", "row_no", "id_hmac", "id_masked", "error"])
-        await conn.execute("SELECT pg_notify('tpa_comparison_jobs', $1)", str(job_id))
     runtime_of(request).state["jobs_wakeup"].set()
     return _json(await _job_view(runtime_of(request).pool, job_id), 202,
                  {"Location": f"/comparison-jobs/{job_id}"})
@@ -264,9 +263,10 @@ async def run_jobs(runtime: Any, batch: int = 5_000) -> None:
     while True:
         try:
             worked = await _run_one(runtime.pool, batch)
+            await _forget_old_jobs(runtime.pool)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - logged; the job is retried on the next round
+        except Exception:  # noqa: BLE001 - logged; the job is retried (and failed after 3 tries)
             log.exception("comparison job worker failed")
             worked = False
         if not worked:
@@ -277,38 +277,68 @@ async def run_jobs(runtime: Any, batch: int = 5_000) -> None:
                 pass
 
 
+JOB_RETENTION_DAYS = 7
+MAX_JOB_ATTEMPTS = 3
+
+
+async def _forget_old_jobs(pool: Any) -> None:
+    """Jobs (hashes and answers) are kept a week after they end."""
+    await pool.execute("DELETE FROM comparison_jobs WHERE finished_at < now() - make_interval(days => $1)",
+                       JOB_RETENTION_DAYS)
+
+
+async def _count_failure(pool: Any, job_id: uuid.UUID, exc: Exception) -> None:
+    """Count a failed attempt of a job; the third fails it for good (its error says what failed)."""
+    try:
+        await pool.execute(
+            """UPDATE comparison_jobs SET attempts = attempts + 1,
+                   status = CASE WHEN attempts + 1 >= $2 THEN 'failed' ELSE status END,
+                   error = CASE WHEN attempts + 1 >= $2 THEN $3 ELSE error END,
+                   finished_at = CASE WHEN attempts + 1 >= $2 THEN now() ELSE finished_at END
+               WHERE job_id = $1""", job_id, MAX_JOB_ATTEMPTS, type(exc).__name__)
+    except Exception:  # noqa: BLE001 - the database may be away; the next round tries again
+        log.warning("could not count a comparison job failure", exc_info=True)
+
+
 async def _run_one(pool: Any, batch: int) -> bool:
     """Answer one pending job. Its row stays locked (FOR UPDATE, in a transaction kept open) while a
     second connection answers the items batch by batch, so that other workers skip it; if this
-    process dies the lock goes with it and another worker resumes with the unanswered items."""
-    async with pool.acquire() as lock_conn, lock_conn.transaction():
-        job = await lock_conn.fetchrow(
-            """SELECT job_id, purpose, jurisdiction FROM comparison_jobs WHERE status IN ('queued', 'running')
-               ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED""")
-        if job is None:
-            return False
-        prefix = jurisdiction_prefix(job["jurisdiction"])
-        async with pool.acquire() as conn:
-            while True:
-                async with conn.transaction():
-                    items = await conn.fetch(
-                        "SELECT idx, id_hmac::text AS id_hmac, id_masked, error FROM comparison_job_items"
-                        " WHERE job_id = $1 AND result IS NULL ORDER BY idx LIMIT $2", job["job_id"], batch)
-                    if not items:
-                        break
-                    results = await _answer_items(conn, items, job["purpose"], prefix)
-                    await conn.execute(
-                        """UPDATE comparison_job_items i SET result = r.result::jsonb
-                           FROM unnest($2::int[], $3::text[]) AS r(idx, result)
-                           WHERE i.job_id = $1 AND i.idx = r.idx""",
-                        job["job_id"], [i["idx"] for i in items],
-                        [json.dumps(r, ensure_ascii=False) for r in results])
-        await lock_conn.execute(
-            """UPDATE comparison_jobs SET status = 'done', processed = total, finished_at = now(),
-                 matched = (SELECT count(*) FROM comparison_job_items
-                            WHERE job_id = $1 AND (result->>'in_register')::boolean)
-               WHERE job_id = $1""", job["job_id"])
-    return True
+    process dies the lock goes with it and another worker resumes with the unanswered items. A
+    failure is counted on the job (after the lock's transaction has ended) and raised."""
+    job_id = None
+    try:
+        async with pool.acquire() as lock_conn, lock_conn.transaction():
+            job = await lock_conn.fetchrow(
+                """SELECT job_id, purpose, jurisdiction FROM comparison_jobs WHERE status IN ('queued', 'running')
+                   ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED""")
+            if job is None:
+                return False
+            job_id = job["job_id"]
+            prefix = jurisdiction_prefix(job["jurisdiction"])
+            async with pool.acquire() as conn:
+                while True:
+                    async with conn.transaction():
+                        items = await conn.fetch(
+                            "SELECT idx, id_hmac::text AS id_hmac, id_masked, error FROM comparison_job_items"
+                            " WHERE job_id = $1 AND result IS NULL ORDER BY idx LIMIT $2", job_id, batch)
+                        if not items:
+                            break
+                        results = await _answer_items(conn, items, job["purpose"], prefix)
+                        await conn.execute(
+                            """UPDATE comparison_job_items i SET result = r.result::jsonb
+                               FROM unnest($2::int[], $3::text[]) AS r(idx, result)
+                               WHERE i.job_id = $1 AND i.idx = r.idx""",
+                            job_id, [i["idx"] for i in items], [json.dumps(r, ensure_ascii=False) for r in results])
+            await lock_conn.execute(
+                """UPDATE comparison_jobs SET status = 'done', processed = total, finished_at = now(),
+                     matched = (SELECT count(*) FROM comparison_job_items
+                                WHERE job_id = $1 AND (result->>'in_register')::boolean)
+                   WHERE job_id = $1""", job_id)
+        return True
+    except Exception as exc:
+        if job_id is not None:
+            await _count_failure(pool, job_id, exc)
+        raise
 
 
 async def _answer_items(conn: Any, items: list[Any], purpose: str, prefix: str) -> list[dict[str, Any]]:
@@ -467,7 +497,7 @@ async def inbound_deaths(request: Request) -> Response:
     pool = runtime_of(request).pool
     prefix = jurisdiction_prefix(principal.jurisdiction)
     outcome: dict[str, list[dict[str, Any]]] = {"requested": [], "not_found": [], "already_removed": [],
-                                                 "pending": []}
+                                                 "pending": [], "refused": []}
     async with pool.acquire() as conn, conn.transaction():
         inserted = await conn.fetchval(
             "INSERT INTO inbound_files (sha256, kind, received_by) VALUES ($1, 'deaths', $2) "
@@ -498,10 +528,15 @@ async def inbound_deaths(request: Request) -> Response:
             household = await registry.load(conn, row["household_id"], None)
             proposed = {"reason": "death", "removed_on": record.date_of_death.isoformat(),
                         "note": f"civil registration{' ' + record.certificate_ref if record.certificate_ref else ''}"}
-            change_request_id, _ = await registry.request_change(
-                conn, household, kind="member_removal", target=row["member_id"], proposed=proposed,
-                reason="death record from civil registration", requested_by=principal.id,
-                meta=Metadata(actor=principal.id, correlation_id=correlation_id.get()))
+            try:  # the change is tried on a copy first: a refusal writes nothing
+                change_request_id, _ = await registry.request_change(
+                    conn, household, kind="member_removal", target=row["member_id"], proposed=proposed,
+                    reason="death record from civil registration", requested_by=principal.id,
+                    meta=Metadata(actor=principal.id, correlation_id=correlation_id.get()))
+            except DomainError as exc:  # e.g. the head of a household with other members
+                outcome["refused"].append({**ref, "household_id": row["household_id"], "code": exc.code,
+                                           "detail": str(exc)})
+                continue
             outcome["requested"].append({**ref, "household_id": row["household_id"], "member_id": row["member_id"],
                                          "change_request_id": change_request_id})
     return _json({"received": len(batch.records), **{k: v for k, v in outcome.items()},

@@ -23,7 +23,7 @@ import logging
 from typing import Any
 
 from contracts.monitoring import ALERT_TOPIC, AlertVerificationRequested, ReturnRiskAlertRaised
-from contracts.registry import HOUSEHOLD_TOPIC, ChangeRequested
+from contracts.registry import HOUSEHOLD_TOPIC, CHANGE_KINDS, ChangeRequested
 from eventkit.errors import DomainError
 from eventkit.events import Metadata
 from eventkit.projection import Message
@@ -107,7 +107,10 @@ class RegistryHouseholds(_Bound):
         elif kind == "MonitoringRiskEliminated":
             await self._update(conn, hid, "monitoring = $2", None)
         elif kind == ChangeRequested.event_type:
-            await self._open_data_change(conn, message, ChangeRequested.model_validate(d))
+            # Only what opening the case needs: a kind added to the contract later (the enum grows)
+            # is still a data change to review, not a reason to stop the stream.
+            await self._open_data_change(conn, message, ChangeRequested.model_validate(
+                {**d, "kind": d["kind"] if d.get("kind") in CHANGE_KINDS else CHANGE_KINDS[0]}))
 
     async def _update(self, conn: Any, household_id: str, assignment: str, value: Any) -> None:
         status = await conn.execute(f"UPDATE wf_households SET {assignment}, updated_at = now()"

@@ -12,6 +12,7 @@ CREATE TABLE IF NOT EXISTS comparison_jobs (
     matched      integer     NOT NULL DEFAULT 0,
     invalid      integer     NOT NULL DEFAULT 0,
     error        text,
+    attempts     integer     NOT NULL DEFAULT 0,     -- failed tries (failed after 3)
     created_at   timestamptz NOT NULL DEFAULT now(),
     finished_at  timestamptz
 );
