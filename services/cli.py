@@ -301,6 +301,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 env[port_var] = str(free_port())
             urls[s] = f"http://127.0.0.1:{env[port_var]}"
             env.setdefault(f"TPA_{s.upper()}_URL", urls[s])
+        env.setdefault("TPA_REGISTRY_PUBLIC_BASE_URL", urls["gateway"])  # household-card QR links
         runtime_env = STATE_DIR / RUNTIME_ENV
         runtime_env.unlink(missing_ok=True)
         fd = os.open(runtime_env, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # it holds secrets

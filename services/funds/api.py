@@ -56,9 +56,11 @@ CONFLICT_RETRIES = 5
 _POSITIVE = r"(?:[1-9][0-9]{0,9}(?:\.[0-9]{1,2})?|0\.(?:[1-9][0-9]?|0[1-9]))"
 
 
-def _money(signed: bool = False, description: str = "Amount in yuan, e.g. \"1250.50\".") -> Any:
+def _money(signed: bool = False, description: str = "Amount in yuan with at most two decimals, e.g. \"1250.50\" "
+                                                     "(a string is exact).") -> Any:
     """Up to 10 integer digits and 2 decimals; positive, or non-zero and signed (adjustments)."""
-    number: dict[str, Any] = {"type": "number", "maximum": 9999999999.99, "multipleOf": 0.01}
+    # no multipleOf 0.01 for the number form: binary floating point makes validators refuse 19.99
+    number: dict[str, Any] = {"type": "number", "maximum": 9999999999.99}
     if signed:
         number.update({"minimum": -9999999999.99, "not": {"const": 0}})
     else:

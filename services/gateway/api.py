@@ -45,11 +45,12 @@ from services.monitoring import alert_service as ma
 from services.monitoring import dashboard as md
 from services.monitoring import delivery as ma_delivery
 from services.funds import ledger_queries as fl
+from services.funds import subsidies as funds_subsidies
 from services.workflow import api as wa
 from services.workflow import queries as wq
 from services.registry import exchange_api as xa
 
-from .guard import BEARER, Caller, denied_upstream, guard
+from .guard import BEARER, Caller, denied_upstream, guard, route_of
 
 router = APIRouter(prefix="/api/v1")
 
@@ -253,7 +254,7 @@ async def _audit_personal_ledger(request: Request, caller: Caller, response: Res
     members = [m["member_id"] for m in doc.get("members", [])
                if (m.get("personal") or {}).get("erased") is False]
     await runtime_of(request).state["accounts"].record_access(
-        caller.principal, route=f"GET {request.url.path}", purpose=query.purpose or "",
+        caller.principal, route=route_of(request), purpose=query.purpose or "",
         records=[doc["household_id"], *members], count=max(1, len(members)))
 
 
@@ -290,10 +291,13 @@ route("GET", "/imports/template", "registry", action='household:write', query=Te
       tags=I, response_class=Response, openapi_extra={"responses": {"200": {"description": "The template",
                                                                            **_BINARY}}})
 route("POST", "/imports/households", "registry", action='household:write', query=ImportQuery, raw_body=True,
-      summary="Import households from a filled template (multipart field `file`)", tags=I,
-      openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-          "type": "object", "required": ["file"],
-          "properties": {"file": {"type": "string", "format": "binary"}}}}}}})
+      summary="Import households from a filled template (multipart field `file`, or the file as the body)",
+      tags=I, openapi_extra={"requestBody": {"required": True, "content": {
+          "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                             "properties": {"file": {"type": "string", "format": "binary"}}}},
+          "text/csv": {"schema": {"type": "string"}},
+          "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {"schema": {"type": "string",
+                                                                                          "format": "binary"}}}}})
 route("GET", "/imports/{import_id}", "registry", action='household:write', summary="An import's report", tags=I)
 route("GET", "/imports/{import_id}/errors.csv", "registry", action='household:write', summary="An import's errors as CSV", tags=I,
       response_class=Response, openapi_extra={"responses": {"200": {"description": "CSV",
@@ -409,7 +413,19 @@ route("POST", "/statements", "funds", action='funds:pay', query=StatementQuery, 
       summary="Import a payment channel's statement (CSV) and reconcile it", tags=F,
       openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}})
 route("GET", "/statements/{statement_id}", "funds", action='funds:read', summary="An imported statement and its exceptions", tags=F)
-route("POST", "/subsidy-records", "funds", action=("inbound:subsidies", "funds:pay"), raw_body=True, status_code=201,
+class SubsidyQuery(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    quarter: str = Field(pattern=r"^20[0-9]{2}-Q[1-4]$", description="The quarter the payments were made in.",
+                         examples=["2025-Q1"])
+    department: Literal[tuple(funds_subsidies.DEPARTMENTS)] = Field(  # type: ignore[valid-type]
+        description="The department that paid.")
+    skip_unmatched: bool = Field(default=False, description="Record the rows whose person is found and report the "
+                                 "others (default: all or nothing).")
+
+
+route("POST", "/subsidy-records", "funds", action=("inbound:subsidies", "funds:pay"), query=SubsidyQuery,
+      raw_body=True, status_code=201,
       summary="Import a quarter's subsidy records from a department (CSV or XLSX; ?quarter=2025-Q1&department=...)",
       tags=F, openapi_extra={"requestBody": {"required": True, "content": {
           "text/csv": {"schema": {"type": "string"}},
@@ -560,7 +576,7 @@ async def _audit_disclosure(request: Request, caller: Caller, response: Response
     records = [*disclosed.get("households", []), *disclosed.get("members", [])]
     if records:
         await runtime_of(request).state["accounts"].record_access(
-            caller.principal, route=f"{request.method} {request.url.path}",
+            caller.principal, route=route_of(request),
             purpose=disclosed.get("purpose") or "data exchange", records=records,
             count=max(1, len(disclosed.get("members", [])) or len(disclosed.get("households", []))))
     if body is None:

@@ -111,6 +111,13 @@ async def token(request: Request,
                 client_secret: str | None = Form(default=None, max_length=256, pattern=_TEXT),
                 scope: str | None = Form(default=None, max_length=500, pattern=_TEXT)) -> Response:
     accounts = _accounts(request)
+    limited = runtime_of(request).state["limiter"].take(
+        "token:" + (request.client.host if request.client else "unknown"))
+    if limited is not None:  # besides the per-account lockout: one address guessing many accounts
+        response = problem(429, "rate_limited", "Too many requests", f"retry after {limited} s",
+                           retry_after_s=limited)
+        response.headers["Retry-After"] = str(limited)
+        return response
     try:
         if grant_type == "password":
             if not username or not password:

@@ -88,6 +88,13 @@ def _bucket_key(request: Request, caller: Caller | None) -> str:
     return "address:" + (request.client.host if request.client else "unknown")
 
 
+def route_of(request: Request) -> str:
+    """``METHOD /api/v1/template/{param}`` of the request (ids stay out: the records name them)."""
+    route = request.scope.get("route")
+    template = re.sub(r":\w+}", "}", route.path) if route is not None else request.url.path
+    return f"{request.method} {template}"
+
+
 async def authorise(request: Request, caller: Caller, actions: Sequence[str], regions: Sequence[str]) -> Response | None:
     """None when ``caller`` may take one of ``actions`` in every region of ``regions``; a recorded
     403 otherwise."""
@@ -111,7 +118,7 @@ async def deny(request: Request, caller: Caller, reason: str, action: str | None
 async def record_denied(request: Request, caller: Caller, reason: str, action: str | None) -> None:
     try:
         await runtime_of(request).state["accounts"].record_denied(
-            caller.principal, route=f"{request.method} {request.url.path}", reason=reason, action=action)
+            caller.principal, route=route_of(request), reason=reason, action=action)
     except Exception:  # noqa: BLE001 - the refusal stands even if the record fails; it is logged
         log.error("could not record a denied request", exc_info=True)
 

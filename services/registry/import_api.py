@@ -151,9 +151,19 @@ async def import_households(request: Request, skip_invalid: bool = Query(
     return JSONResponse(body, status_code=200, headers=headers)
 
 
+async def _own_import(request: Request, import_id: uuid.UUID) -> dict[str, Any] | None:
+    """An import's report for the user who ran it (or a province-level caller); None otherwise, as
+    for an unknown import: a report names households and rows of the importer's jurisdiction."""
+    principal = current_principal(request, "an import report")
+    found = await importer.get_import(runtime_of(request).pool, str(import_id))
+    if found is None or (found.get("actor") != principal.id and principal.level != "province"):
+        return None
+    return found
+
+
 @router.get("/imports/{import_id}", summary="An import's report")
 async def get_import(import_id: uuid.UUID, request: Request) -> Any:
-    found = await importer.get_import(runtime_of(request).pool, str(import_id))
+    found = await _own_import(request, import_id)
     if found is None:
         return problem(404, "import_not_found", f"import {import_id} is not known")
     return found
@@ -162,7 +172,7 @@ async def get_import(import_id: uuid.UUID, request: Request) -> Any:
 @router.get("/imports/{import_id}/errors.csv", summary="An import's errors as CSV",
             response_class=Response, responses={200: {"content": {"text/csv": {}}}})
 async def get_import_errors(import_id: uuid.UUID, request: Request):
-    found = await importer.get_import(runtime_of(request).pool, str(import_id))
+    found = await _own_import(request, import_id)
     if found is None:
         return problem(404, "import_not_found", f"import {import_id} is not known")
     report = importer.ImportReport(str(import_id), found.get("file_name"), found.get("format"),

@@ -14,13 +14,13 @@ from eventkit.problems import Problem as BaseProblem
 
 from . import codes
 
-# An amount in yuan: up to 10 integer digits and 2 decimals, never negative. The schema
-# states exactly what is accepted: a decimal string (the canonical form, as in events)
-# or a JSON number with at most two decimals.
+# An amount in yuan: up to 10 integer digits and 2 decimals, never negative: a decimal string
+# (the canonical form, as in events) or a JSON number with at most two decimals. The number
+# form does not use multipleOf 0.01: binary floating point makes validators refuse 19.99.
 Money = Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=2), WithJsonSchema({
     "anyOf": [{"type": "string", "pattern": r"^[0-9]{1,10}(?:\.[0-9]{1,2})?$"},
-              {"type": "number", "minimum": 0, "maximum": 9999999999.99, "multipleOf": 0.01}],
-    "description": "Amount in yuan, e.g. \"1250.50\"."})]
+              {"type": "number", "minimum": 0, "maximum": 9999999999.99}],
+    "description": "Amount in yuan with at most two decimals, e.g. \"1250.50\" (a string is exact)."})]
 
 ID_NUMBER_PATTERN = r"^[0-9]{17}[0-9Xx]$"
 
