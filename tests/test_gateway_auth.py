@@ -172,6 +172,10 @@ async def test_client_systems_secrets_are_shown_once_rotated_and_revoked(world):
                              headers=admin)
     assert r.status_code == 201, r.text
     client_id, secret = r.json()["client_id"], r.json()["client_secret"]
+    again = await w["http"].post("/clients", json={"name": "Education bureau", "department": "education",
+                                                   "scopes": ["comparison:education"], "jurisdiction": w["county"]},
+                                 headers=admin)
+    assert again.status_code == 409 and again.json()["code"] == "client_name_taken"  # a retry is no second client
     shown = await w["http"].get(f"/clients/{client_id}", headers=admin)
     assert "client_secret" not in shown.json() and secret not in shown.text
     basic = httpx.BasicAuth(client_id, secret)

@@ -415,10 +415,14 @@ class Accounts:
         client = idn.Client(str(uuid.uuid4()))
         issued = client.register(name=name, department=department, scopes=scopes, jurisdiction=jurisdiction,
                                  registered_by=actor.id, now=self.now())
-        async with self.pool.acquire() as conn, conn.transaction():
-            await self._save_client(conn, client, actor.subject)
-            await conn.execute("INSERT INTO client_secrets (client_id, secret_id, secret_hash) VALUES ($1, $2, $3)",
-                               client.id, issued.secret_id, issued.secret_hash)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await self._save_client(conn, client, actor.subject)
+                await conn.execute("INSERT INTO client_secrets (client_id, secret_id, secret_hash) VALUES ($1, $2, $3)",
+                                   client.id, issued.secret_id, issued.secret_hash)
+        except asyncpg.UniqueViolationError:
+            raise DomainError("client_name_taken", f"a client system named {name!r} is registered in this "
+                              "jurisdiction already", 409, field="name") from None
         return issued
 
     async def rotate_client_secret(self, actor: Principal, client_id: str, grace: timedelta) -> idn.IssuedSecret:

@@ -50,7 +50,7 @@ from services.workflow import api as wa
 from services.workflow import queries as wq
 from services.registry import exchange_api as xa
 
-from .guard import BEARER, Caller, denied_upstream, guard, route_of
+from .guard import SIGNED_IN, Caller, denied_upstream, guard, route_of
 
 router = APIRouter(prefix="/api/v1")
 
@@ -158,10 +158,10 @@ def route(method: str, path: str, service: str, *, action: str | tuple[str, ...]
             route_path = route_path.replace("{%s}" % n, "{%s:uuid}" % n)
     openapi_extra = dict(openapi_extra or {})
     if actions is not None:
-        openapi_extra["security"] = [{BEARER: []}]
+        openapi_extra["security"] = SIGNED_IN
         openapi_extra["x-tpa-actions"] = list(actions)
     else:
-        openapi_extra["security"] = [{}, {BEARER: []}]
+        openapi_extra["security"] = [{}, *SIGNED_IN]
     text = description or ""
     text += ("\n\nNeeds " + " or ".join(f"`{a}`" for a in actions) + ".") if actions else "\n\nPublic."
     router.add_api_route(route_path, endpoint, methods=[method], response_model=response_model, status_code=status_code,
@@ -519,7 +519,7 @@ class StreamQuery(BaseModel):
 
 @router.get("/alerts/stream", tags=A, summary="Alert events as Server-Sent Events (resumable with Last-Event-ID)",
             dependencies=[Depends(guard(("alerts:read",)))],
-            description="Needs `alerts:read`.", openapi_extra={"security": [{BEARER: []}],
+            description="Needs `alerts:read`.", openapi_extra={"security": SIGNED_IN,
                                                               "x-tpa-actions": ["alerts:read"]},
             response_class=Response, responses={200: {"description": "text/event-stream of alert events",
                                                       "content": {"text/event-stream": {}}}})

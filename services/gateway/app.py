@@ -18,7 +18,7 @@ from eventkit.tokens import parse_keyring
 from .accounts import Accounts
 from .api import router
 from .auth_api import router as auth_router
-from .guard import BEARER, RateLimiter, Refusal
+from .guard import BEARER, OAUTH2, RateLimiter, Refusal
 
 _UPLOAD_PATHS = ("/api/v1/imports/households", "/api/v1/statements", "/api/v1/comparison-jobs",
                  "/api/v1/reconciliations/national", "/api/v1/inbound/deaths", "/api/v1/subsidy-records")
@@ -97,7 +97,7 @@ def build(settings: ServiceSettings | None = None, *, clock: Clock | None = None
                            "description": "An access token from POST /api/v1/auth/token."}
         schemes["client_basic"] = {"type": "http", "scheme": "basic",
                                    "description": "A client system's id and secret (client_credentials grant)."}
-        schemes["oauth2"] = {"type": "oauth2", "flows": {
+        schemes[OAUTH2] = {"type": "oauth2", "flows": {
             "password": {"tokenUrl": "/api/v1/auth/token", "refreshUrl": "/api/v1/auth/token", "scopes": {}},
             "clientCredentials": {"tokenUrl": "/api/v1/auth/token", "scopes": {
                 s: s for s in SCOPES}}}}

@@ -33,10 +33,10 @@ from eventkit.errors import DomainError
 from eventkit.runtime import domain_problem, problem, runtime_of
 
 from .accounts import Accounts, Caller
-from .guard import BEARER, guard, record_denied
+from .guard import SIGNED_IN, guard, record_denied
 
 router = APIRouter(prefix="/api/v1")
-_SECURED = {"security": [{BEARER: []}]}
+_SECURED = {"security": SIGNED_IN}
 _SIGNED_IN = [Depends(guard(()))]
 _TEXT = r"^[^\u0000]*$"
 

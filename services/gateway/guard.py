@@ -34,6 +34,10 @@ from .accounts import Caller
 log = logging.getLogger("tpa.gateway.guard")
 
 BEARER = "bearer"
+OAUTH2 = "oauth2"
+SIGNED_IN = [{BEARER: []}, {OAUTH2: []}]
+"""OpenAPI security of a route for signed-in callers: a bearer token, however obtained (the
+``oauth2`` scheme lets Swagger UI's Authorize button sign in with the password grant)."""
 _SELF_SERVICE = ("/api/v1/me", "/api/v1/me/password", "/api/v1/auth/logout")
 
 
