@@ -49,3 +49,14 @@ def household(village_code: str, members: list[dict[str, Any]] | None = None, **
         ],
         **extra,
     }
+
+
+def unknown_village(village_code: str) -> str:
+    """Another village of the same township (so within the same jurisdiction), not in the region table."""
+    return village_code[:9] + ("998" if village_code.endswith("999") else "999")
+
+
+def other_county(village_code: str) -> str:
+    """A village of another county (a jurisdiction that does not cover ``village_code``)."""
+    county = int(village_code[4:6])
+    return f"{village_code[:4]}{(county - 9) % 90 + 10:02d}{village_code[6:]}"  # the next county, 10-99

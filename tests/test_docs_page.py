@@ -9,13 +9,16 @@ import pytest
 
 from eventkit.settings import SERVICES, load_settings
 
+from .harness import TEST_INTERNAL_KEYS, TEST_TOKEN_KEYS
+
 
 @pytest.mark.parametrize("service", SERVICES)
 async def test_docs_page_loads_its_assets_from_the_service_itself(service, monkeypatch):
     import importlib
 
     monkeypatch.setenv("TPA_REGISTRY_ID_HMAC_KEY", "x" * 40)
-    runtime = importlib.import_module(f"services.{service}.app").build(load_settings(service))
+    settings = load_settings(service, token_keys=TEST_TOKEN_KEYS, internal_token_keys=TEST_INTERNAL_KEYS)
+    runtime = importlib.import_module(f"services.{service}.app").build(settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=runtime.app), base_url="http://tpa") as client:
         page = await client.get("/docs")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

@@ -23,10 +23,13 @@ from services.registry.domain import Household
 from services.registry.ledger import fold
 
 from .conftest import village_code
-from .harness import running_platform
+from .harness import ActAs, internal_headers, principal, running_platform
 from .registry_helpers import household, seed_village
 
-CADRE = {"X-TPA-Actor": "cadre-7"}
+
+def cadre(village: str) -> dict[str, str]:
+    """The signed identity of cadre-7, a cadre of the village (minted per request: tokens are short-lived)."""
+    return internal_headers(principal("cadre", village, user_id="cadre-7"))
 
 
 @pytest.fixture
@@ -36,7 +39,7 @@ async def registry(infra, databases, unique):
         village = village_code()
         async with runtime.pool.acquire() as conn:
             await seed_village(conn, village)
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=10, auth=ActAs(platform, village=village)) as client:
             yield client, runtime, village
 
 
@@ -133,7 +136,7 @@ async def test_a_change_request_is_stored_and_its_event_names_only_the_fields(re
     hid, _ = await new_household(client, runtime, village)
     body = {"kind": "income", "target": "2024", "reason": "工资收入核实有误",
             "changes": {"wage": "9876.54", "transfer": "1234.56"}}
-    r = await client.post(f"/households/{hid}/change-requests", json=body, headers=CADRE)
+    r = await client.post(f"/households/{hid}/change-requests", json=body, headers=cadre(village))
     assert r.status_code == 201, r.text
     accepted = r.json()
     crid = accepted["change_request_id"]
@@ -166,7 +169,7 @@ async def test_a_change_request_is_stored_and_its_event_names_only_the_fields(re
     view = one.json()
     assert view["status"] == "pending" and view["changes"]["wage"] == "9876.54" and view["changes"]["property"] == "0"
     assert view["fields"] == data["fields"] and view["requested_by"] == "cadre-7" and view["case_id"] is None
-    second = await client.post(f"/households/{hid}/change-requests", headers=CADRE, json={
+    second = await client.post(f"/households/{hid}/change-requests", headers=cadre(village), json={
         "kind": "coordinates", "reason": "定位偏差", "changes": {"latitude": 36.07, "longitude": 103.84}})
     assert second.status_code == 201, second.text
     listed = (await client.get(f"/households/{hid}/change-requests")).json()["items"]
@@ -187,7 +190,7 @@ async def test_a_change_request_is_stored_and_its_event_names_only_the_fields(re
     assert r.status_code == 404  # another household's request
 
     # Idempotency-Key and If-Match as for every command.
-    key = {**CADRE, "Idempotency-Key": "cr-1"}
+    key = {**cadre(village), "Idempotency-Key": "cr-1"}
     causes = {"kind": "causes", "reason": "主因应为缺技术", "changes": {"primary": "lack_of_skills"}}
     first = await client.post(f"/households/{hid}/change-requests", json=causes, headers=key)
     again = await client.post(f"/households/{hid}/change-requests", json=causes, headers=key)
@@ -196,17 +199,23 @@ async def test_a_change_request_is_stored_and_its_event_names_only_the_fields(re
     assert again.headers["location"] == first.headers["location"]
     assert await runtime.pool.fetchval(
         "SELECT count(*) FROM change_requests WHERE household_id = $1", uuid.UUID(hid)) == 3
-    r = await client.post(f"/households/{hid}/change-requests", json=causes, headers={**CADRE, "If-Match": '"1"'})
+    r = await client.post(f"/households/{hid}/change-requests", json=causes,
+                          headers={**cadre(village), "If-Match": '"1"'})
     assert r.status_code == 412 and r.json()["code"] == "version_mismatch"
     r = await client.post(f"/households/{hid}/change-requests", json=causes,
-                          headers={**CADRE, "If-Match": f'"{first.json()["version"]}"'})
+                          headers={**cadre(village), "If-Match": f'"{first.json()["version"]}"'})
     assert r.status_code == 201, r.text
 
-    # The cadre's identity is required (asserted in X-TPA-Actor until the gateway authenticates).
+    # A signed-in caller is required: the gateway's anonymous identity is refused, and so is a
+    # call without the gateway's token; the old asserted X-TPA-Actor header names nobody.
     before = await runtime.pool.fetchval("SELECT count(*) FROM events")
-    for headers in ({}, {"X-TPA-Actor": ""}):
+    for headers in (internal_headers(None), {**internal_headers(None), "X-TPA-Actor": "cadre-7"}):
         r = await client.post(f"/households/{hid}/change-requests", json=causes, headers=headers)
         assert r.status_code == 401 and r.json()["code"] == "unauthenticated", r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+    for headers in ({}, {"X-TPA-Actor": "cadre-7"}):
+        r = await client.post(f"/households/{hid}/change-requests", json=causes, headers=headers, auth=None)
+        assert r.status_code == 401 and r.json()["code"] == "gateway_identity_required", r.text
         assert r.headers["content-type"].startswith("application/problem+json")
     assert await runtime.pool.fetchval("SELECT count(*) FROM events") == before
 
@@ -238,7 +247,7 @@ async def test_an_invalid_change_is_refused_now_with_the_direct_commands_problem
         direct = await client.request(method, f"/households/{hid}{path}", json=changes)
         assert 400 <= direct.status_code < 500, (kind, changes, direct.text)
         body = {"kind": kind, "reason": "更正", "changes": changes, **({"target": target} if target else {})}
-        r = await client.post(f"/households/{hid}/change-requests", json=body, headers=CADRE)
+        r = await client.post(f"/households/{hid}/change-requests", json=body, headers=cadre(village))
         assert (r.status_code, r.json()["code"]) == (direct.status_code, direct.json()["code"]), (kind, changes, r.text)
         assert r.headers["content-type"].startswith("application/problem+json")
     # Shapes of the request itself.
@@ -247,18 +256,18 @@ async def test_an_invalid_change_is_refused_now_with_the_direct_commands_problem
                  {"kind": "member_update", "target": "not-a-member-id", "reason": "x", "changes": {}},
                  {"kind": "rename", "reason": "x", "changes": {}},
                  {"kind": "causes", "reason": " ", "changes": {"primary": "illness"}}):
-        r = await client.post(f"/households/{hid}/change-requests", json=body, headers=CADRE)
+        r = await client.post(f"/households/{hid}/change-requests", json=body, headers=cadre(village))
         assert r.status_code == 422 and r.json()["code"] == "validation_error", (body, r.text)
     # A change that would change nothing is not worth a review.
-    r = await client.post(f"/households/{hid}/change-requests", headers=CADRE, json={
+    r = await client.post(f"/households/{hid}/change-requests", headers=cadre(village), json={
         "kind": "member_update", "target": spouse, "reason": "x",
         "changes": {"health": ["chronic_illness"]}})
     assert r.status_code == 201, r.text
     await client.patch(f"/households/{hid}/members/{spouse}", json={"education": "primary"})
-    r = await client.post(f"/households/{hid}/change-requests", headers=CADRE, json={
+    r = await client.post(f"/households/{hid}/change-requests", headers=cadre(village), json={
         "kind": "member_update", "target": spouse, "reason": "x", "changes": {"education": "primary"}})
     assert r.status_code == 422 and r.json()["code"] == "no_changes"
-    r = await client.post(f"/households/{uuid.uuid4()}/change-requests", headers=CADRE, json={
+    r = await client.post(f"/households/{uuid.uuid4()}/change-requests", headers=cadre(village), json={
         "kind": "causes", "reason": "x", "changes": {"primary": "illness"}})
     assert r.status_code == 404 and r.json()["code"] == "household_not_found"
     requested = [e for e in await events_of(runtime, hid) if e["type"] == "ChangeRequested"]
@@ -269,7 +278,7 @@ async def test_an_invalid_change_is_refused_now_with_the_direct_commands_problem
     decision = {"decision_event_id": str(uuid.uuid4()), "case_id": "case-x", "status_effect":
                 "wrongly_identified_removed", "effective_on": "2025-02-01"}
     assert (await client.post(f"/households/{hid}/status-decisions", json=decision)).status_code == 200
-    r = await client.post(f"/households/{hid}/change-requests", headers=CADRE, json={
+    r = await client.post(f"/households/{hid}/change-requests", headers=cadre(village), json={
         "kind": "causes", "reason": "x", "changes": {"primary": "illness"}})
     assert r.status_code == 409 and r.json()["code"] == "household_closed"
     assert await runtime.pool.fetchval("SELECT count(*) FROM change_requests") == 1
@@ -278,10 +287,10 @@ async def test_an_invalid_change_is_refused_now_with_the_direct_commands_problem
 async def test_an_approved_change_is_applied_once_and_a_rejected_one_is_closed(registry, infra):
     client, runtime, village = registry
     hid, (_, _, child) = await new_household(client, runtime, village)
-    income = await client.post(f"/households/{hid}/change-requests", headers=CADRE, json={
+    income = await client.post(f"/households/{hid}/change-requests", headers=cadre(village), json={
         "kind": "income", "target": 2024, "reason": "补录2024年收入",
         "changes": {"wage": "9000", "business": "2500.50", "transfer": "1200", "business_expenses": "700.50"}})
-    facts = await client.post(f"/households/{hid}/change-requests", headers=CADRE, json={
+    facts = await client.post(f"/households/{hid}/change-requests", headers=cadre(village), json={
         "kind": "member_update", "target": child, "reason": "升入高中", "changes": {"schooling_stage": "senior"}})
     assert income.status_code == facts.status_code == 201, (income.text, facts.text)
     income_id, facts_id = income.json()["change_request_id"], facts.json()["change_request_id"]
@@ -347,7 +356,7 @@ async def test_an_approved_change_is_applied_once_and_a_rejected_one_is_closed(r
 async def test_an_approved_change_that_no_longer_fits_is_closed_as_not_applicable(registry, infra):
     client, runtime, village = registry
     hid, (_, _, child) = await new_household(client, runtime, village)
-    r = await client.post(f"/households/{hid}/change-requests", headers=CADRE, json={
+    r = await client.post(f"/households/{hid}/change-requests", headers=cadre(village), json={
         "kind": "member_update", "target": child, "reason": "参加职业技能培训", "changes": {"labour_skill": "skilled"}})
     assert r.status_code == 201, r.text
     crid = r.json()["change_request_id"]
@@ -374,7 +383,7 @@ async def test_an_approved_change_that_no_longer_fits_is_closed_as_not_applicabl
     assert listed["items"][0]["closed_reason"] == data["reason"]
 
     # Approved after the household was closed: not applicable either, and still recorded.
-    r = await client.post(f"/households/{hid}/change-requests", headers=CADRE, json={
+    r = await client.post(f"/households/{hid}/change-requests", headers=cadre(village), json={
         "kind": "coordinates", "reason": "定位", "changes": {"latitude": 36.06, "longitude": 103.83}})
     assert r.status_code == 201, r.text
     late = r.json()["change_request_id"]

@@ -12,8 +12,8 @@ import pytest
 
 
 from .conftest import village_code
-from .harness import running_platform
-from .registry_helpers import household, member, seed_village
+from .harness import ActAs, bearer, ensure_account, principal, running_platform
+from .registry_helpers import household, member, seed_village, unknown_village
 
 
 @pytest.fixture
@@ -23,8 +23,9 @@ async def registry(infra, databases, unique):
         village = village_code()
         async with runtime.pool.acquire() as conn:
             await seed_village(conn, village)
-        async with httpx.AsyncClient(base_url=url, timeout=10) as direct, \
-                httpx.AsyncClient(base_url=platform["gateway"][0] + "/api/v1", timeout=10) as gateway:
+        auth = ActAs(platform, village=village)
+        async with httpx.AsyncClient(base_url=url, timeout=10, auth=auth) as direct, \
+                httpx.AsyncClient(base_url=platform["gateway"][0] + "/api/v1", timeout=10, auth=auth) as gateway:
             yield direct, gateway, runtime, village
 
 
@@ -61,7 +62,7 @@ async def test_bad_registrations_are_rejected_with_the_failing_rule_and_nothing_
     bad_check = dict(good["members"][0], id_number=good["members"][0]["id_number"][:-1] + (
         "0" if good["members"][0]["id_number"][-1] != "0" else "1"))
     cases = {
-        "unknown_village": household("620102999999"),
+        "unknown_village": household(unknown_village(village)),  # in the caller's county, not registered
         "id_check_digit": household(village, [bad_check]),
         "id_birth_date_mismatch": household(village, [dict(good["members"][0], birth_date="1980-01-01")]),
         "one_head": household(village, [member("王五", date(1980, 1, 1), "20")]),
@@ -285,7 +286,7 @@ async def test_village_profile_is_dated(registry):
     assert r.status_code == 409 and r.json()["code"] == "stale_profile"
     r = await gateway.put(f"/villages/{village}/profile", json=dict(body, registered_population=5000))
     assert r.status_code == 422
-    r = await gateway.put("/villages/620102999999/profile", json=body)
+    r = await gateway.put(f"/villages/{unknown_village(village)}/profile", json=body)
     assert r.status_code == 422 and r.json()["code"] == "unknown_village"
     lists = (await gateway.get("/code-lists")).json()
     assert lists["poverty_cause"]["lack_of_funds"]["zh"] == "缺资金"
@@ -305,8 +306,31 @@ async def test_ledger_queries_through_the_gateway(registry):
     doc = await wait_until(lambda: ledger_at(5), timeout=30)
     raw = json.dumps(doc, ensure_ascii=False)
     assert body["members"][0]["id_number"] not in raw and body["members"][0]["name"] not in raw
+    # Personal data: only with household:read_personal, and through the gateway only for a stated
+    # purpose, which the access log records.
     r = await gateway.get(f"/households/{hid}", params={"personal": "true"})
-    assert r.status_code == 403  # the gateway grants no personal data until it authorises callers
+    assert r.status_code == 422, r.text  # no purpose
+    r = await gateway.get(f"/households/{hid}", params={"personal": "true", "purpose": " "})
+    assert r.status_code == 422, r.text
+    accounts = gateway.auth.gateway  # the gateway's runtime (ActAs keeps it)
+    operator = principal("operator", village[:6].ljust(12, "0"))  # household:read, not household:read_personal
+    await ensure_account(accounts, operator)
+    r = await gateway.get(f"/households/{hid}", params={"personal": "true", "purpose": "入户核实"},
+                          headers=bearer(operator))
+    assert r.status_code == 403 and r.json()["code"] == "personal_data_not_allowed", r.text
+    assert body["members"][0]["name"] not in r.text
+    r = await gateway.get(f"/households/{hid}", params={"personal": "true", "purpose": "入户核实"})
+    assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "no-store"
+    names = {(m.get("personal") or {}).get("name") for m in r.json()["members"]}
+    assert {m["name"] for m in body["members"]} <= names
+    officer = ActAs(village=village).pick("GET", f"/api/v1/households/{hid}")
+    logged = await accounts.pool.fetch(
+        "SELECT principal_id, purpose FROM access_log WHERE kind = 'personal_data' AND $1 = ANY(records)", hid)
+    assert [(x["principal_id"], x["purpose"]) for x in logged] == [(officer.id, "入户核实")]
+    denied = await accounts.pool.fetch("SELECT reason FROM access_log WHERE kind = 'denied' AND principal_id = $1",
+                                       operator.id)
+    assert [x["reason"] for x in denied] == ["personal_data_not_allowed"]
 
     async def listed():
         page = (await gateway.get("/households", params={"village_code": village, "cause": "lack_of_funds"})).json()

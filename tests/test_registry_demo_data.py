@@ -16,7 +16,7 @@ import pytest
 
 from services.registry import codes, demo_data, identity, importer
 
-from .harness import TEST_HMAC_KEY, running_platform
+from .harness import TEST_HMAC_KEY, ActAs, running_platform
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,7 +125,8 @@ async def test_a_generated_file_imports_through_the_api(infra, databases, unique
         url, runtime = platform["registry"]
         async with runtime.pool.acquire() as conn:
             assert await demo_data.load_regions(conn, small) == len(small.regions)
-        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        auth = ActAs(platform, village=small.villages[0].code)  # an officer of the county
+        async with httpx.AsyncClient(base_url=url, timeout=120, auth=auth) as client:
             r = await client.post("/imports/households", files={
                 "file": ("demo.xlsx", small.to_file("xlsx"), importer.CONTENT_TYPES["xlsx"])})
             assert r.status_code == 200, r.text[:3000]

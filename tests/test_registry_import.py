@@ -22,7 +22,7 @@ from eventkit import migrations as mig
 from services.registry import importer
 
 from .conftest import village_code
-from .harness import TEST_HMAC_KEY, running_platform
+from .harness import TEST_HMAC_KEY, ActAs, running_platform
 from .registry_helpers import id_number, seed_village
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ async def registry(request, infra, databases, unique):
         village = village_code()
         async with runtime.pool.acquire() as conn:
             await seed_village(conn, village)
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=60, auth=ActAs(platform, village=village)) as client:
             yield client, runtime, village
 
 

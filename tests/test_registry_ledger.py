@@ -20,7 +20,7 @@ from services.monitoring.projections import UnknownHousehold, VillageHouseholds
 from services.registry import regions
 from services.registry.ledger import HouseholdLedger, LedgerError, evolve, fold
 
-from .harness import running_platform
+from .harness import ActAs, internal_headers, principal, running_platform
 
 HMAC_KEY = "ledger-test-key-" + "k" * 32
 WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -282,7 +282,8 @@ async def test_the_ledger_equals_a_replay_of_the_event_store_and_answers_queries
         url, runtime = platform["registry"]
         pool = runtime.pool
         await _seed_regions(pool, v1, v2)
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        # An information officer of the county (household:read_personal included).
+        async with httpx.AsyncClient(base_url=url, timeout=10, auth=ActAs(platform, village=v1)) as client:
             async def ok(method: str, path: str, status: int = 200, **kw) -> dict[str, Any]:
                 r = await client.request(method, path, **kw)
                 assert r.status_code == status, r.text
@@ -327,7 +328,7 @@ async def test_the_ledger_equals_a_replay_of_the_event_store_and_answers_queries
             assert doc["status"] == "identified" and doc["member_count"] == 3
             assert doc["head_member_id"] == ids["10"]
 
-            # The API: masked by default, personal data only with the gateway's header.
+            # The API: masked by default, personal data only for a caller allowed household:read_personal.
             masked = await client.get(h)
             assert masked.status_code == 200 and masked.headers["etag"] == f'"{doc["version"]}"'
             assert masked.headers["x-tpa-read-model"] == "ledger"
@@ -342,9 +343,14 @@ async def test_the_ledger_equals_a_replay_of_the_event_store_and_answers_queries
             view = masked.json()
             assert view["status_history"][-1]["from"] == "applicant"
             assert {m["member_id"]: m["active"] for m in view["members"]}[ids["head"]] is False
-            forbidden = await client.get(h, params={"personal": "true"})
-            assert forbidden.status_code == 403 and forbidden.json()["code"] == "personal_data_not_allowed"
-            personal = await client.get(h, params={"personal": "true"}, headers={"x-tpa-personal-data": "allowed"})
+            operator = principal("operator", county)  # household:read only
+            for headers in ({}, {"x-tpa-personal-data": "allowed"}):  # the gateway's old header grants nothing
+                forbidden = await client.get(h, params={"personal": "true"},
+                                             headers={**internal_headers(operator), **headers})
+                assert forbidden.status_code == 403 and forbidden.json()["code"] == "personal_data_not_allowed"
+                assert spouse["name"] not in forbidden.text
+            assert (await client.get(h, headers=internal_headers(operator))).status_code == 200  # masked: fine
+            personal = await client.get(h, params={"personal": "true"})
             assert personal.status_code == 200 and personal.headers["cache-control"] == "no-store"
             by_id = {m["member_id"]: m["personal"] for m in personal.json()["members"]}
             assert by_id[ids["10"]] == {"name": "李秀英", "id_number": spouse["id_number"], "phone": None,
@@ -475,7 +481,8 @@ async def _at_least(runtime, metric, value) -> bool:
 async def test_bad_query_input_gets_problems_not_server_errors(infra, databases, unique, registry_key):
     async with running_platform(infra, databases, unique("g"), services=("registry",)) as platform:
         url, _ = platform["registry"]
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        province = principal("operator", "620000000000")  # reads households, province-wide
+        async with httpx.AsyncClient(base_url=url, timeout=10, auth=ActAs(platform, who=province)) as client:
             for path, params in [
                 ("/households", {"region": "00"}), ("/households", {"region": "0000"}),
                 ("/households", {"region": "000000000"}), ("/households", {"region": "12345"}),
@@ -490,6 +497,10 @@ async def test_bad_query_input_gets_problems_not_server_errors(infra, databases,
                 assert r.headers["content-type"].startswith("application/problem+json"), (path, params)
             for path, params in [("/households", {"region": "62", "limit": 500}),
                                  ("/households", {"offset": 100000}), ("/regions/62/statistics", {}),
-                                 ("/regions/6201/statistics", {}), ("/villages/000000000000/statistics", {})]:
+                                 ("/regions/6201/statistics", {})]:
                 r = await client.get(path, params=params)
                 assert r.status_code == 200, (path, params, r.text)
+            # A well-formed code of no region is no server error either: no jurisdiction covers it.
+            r = await client.get("/villages/000000000000/statistics")
+            assert r.status_code == 403 and r.json()["code"] == "outside_jurisdiction", r.text
+            assert r.headers["content-type"].startswith("application/problem+json")

@@ -7,7 +7,7 @@ import httpx
 from eventkit.testing import wait_until
 
 from .conftest import village_code
-from .harness import running_platform
+from .harness import ActAs, running_platform
 from .registry_helpers import household, seed_village
 
 
@@ -18,7 +18,8 @@ async def test_the_register_survives_restarting_every_process(infra, databases, 
     async with running_platform(infra, databases, group, dsns=dsns) as platform:
         async with platform["registry"][1].pool.acquire() as conn:
             await seed_village(conn, village)
-        async with httpx.AsyncClient(base_url=platform["gateway"][0] + "/api/v1", timeout=10) as api:
+        async with httpx.AsyncClient(base_url=platform["gateway"][0] + "/api/v1", timeout=10,
+                                     auth=ActAs(platform, village=village)) as api:
             body = household(village)
             first = (await api.post("/households", json=body)).json()["household_id"]
             r = await api.put(f"/households/{first}/causes", json={"primary": "illness"})
@@ -30,7 +31,8 @@ async def test_the_register_survives_restarting_every_process(infra, databases, 
         infra.broker.restart()  # the embedded broker forgets everything; the stores do not
 
     async with running_platform(infra, databases, group, dsns=dsns) as platform:
-        async with httpx.AsyncClient(base_url=platform["gateway"][0] + "/api/v1", timeout=10) as api:
+        async with httpx.AsyncClient(base_url=platform["gateway"][0] + "/api/v1", timeout=10,
+                                     auth=ActAs(platform, village=village)) as api:
             assert await _events(platform["registry"][1], first) == before
             r = await api.put(f"/households/{first}/causes", json={"primary": "illness", "others": ["disability"]},
                               headers={"If-Match": '"5"'})

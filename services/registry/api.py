@@ -84,7 +84,7 @@ async def _command(request: Request, household_id: uuid.UUID, body: Any,
 
         response = await idempotent(request, body.model_dump(mode="json") if body is not None else None, handle)
     except DomainError as exc:
-        return domain_problem(exc)
+        return domain_problem(await _redacted(request, exc))
     if response.status_code == status:
         response.headers["ETag"] = f'"{_version(response)}"'
     return response
@@ -113,10 +113,24 @@ async def register_household(body: RegisterHousehold, request: Request):
     try:
         response = await idempotent(request, body.model_dump(mode="json"), handle)
     except DomainError as exc:
-        return domain_problem(exc)
+        return domain_problem(await _redacted(request, exc))
     if response.status_code == 201:
         response.headers["ETag"] = f'"{_version(response)}"'
     return response
+
+
+async def _redacted(request: Request, exc: DomainError) -> DomainError:
+    """A ``duplicate_person`` refusal names the other household only to a caller who may see it:
+    the person is refused either way (one active household per person, register-wide)."""
+    holder = exc.details.get("household_id") if exc.code == "duplicate_person" else None
+    if holder is None:
+        return exc
+    village = await household_village(runtime_of(request).pool, uuid.UUID(str(holder)))
+    principal = principal_of(request)
+    if village is not None and principal is not None and principal.covers(village):
+        return exc
+    return DomainError("duplicate_person", f"{exc.details.get('id_masked')} already belongs to a household "
+                       "outside your jurisdiction", 409, id_masked=exc.details.get("id_masked"))
 
 
 @router.post("/households/{household_id}/members", response_model=CommandAccepted, responses=ERRORS,

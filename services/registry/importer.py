@@ -1015,14 +1015,19 @@ async def validate(parsed: ParsedFile, conn: Any = None, *, hmac_key: bytes | No
         keys = list(by_hmac)
         for start in range(0, len(keys), 5000):
             rows = await conn.fetch(
-                "SELECT id_hmac, household_id::text AS household_id FROM active_persons"
-                " WHERE id_hmac = ANY($1::bpchar[])", keys[start:start + 5000])
+                "SELECT p.id_hmac, p.household_id::text AS household_id, h.village_code::text AS village_code"
+                " FROM active_persons p LEFT JOIN ledger_households h USING (household_id)"
+                " WHERE p.id_hmac = ANY($1::bpchar[])", keys[start:start + 5000])
             for r in rows:
                 plan, m = by_hmac[r["id_hmac"].strip()]
                 if r["household_id"] != plan.household_id:
+                    # the other household is named only to an importer who may see it
+                    where = (f"household {r['household_id']}" if covers is None or
+                             (r["village_code"] is not None and covers(r["village_code"]))
+                             else "a household outside your jurisdiction")
                     err.add(MEMBERS, m.row, "id_number",
-                            f"{identity.mask_id_number(m.member.id_number)} already belongs to household "
-                            f"{r['household_id']}", "duplicate_person", plan)
+                            f"{identity.mask_id_number(m.member.id_number)} already belongs to {where}",
+                            "duplicate_person", plan)
     result.errors = _sorted(result.errors + err.errors)
     return result
 
