@@ -57,7 +57,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
@@ -323,7 +323,8 @@ async def activate_subscription(conn: Any, subscription_id: uuid.UUID) -> bool:
 
 
 async def enqueue(conn: Any, message_id: Any, event_type: str, payload: Any, *,
-                  occurred_at: datetime | None = None) -> int:
+                  occurred_at: datetime | None = None,
+                  subscription_ids: Iterable[uuid.UUID] | None = None) -> int:
     """Schedule `payload` for every active subscription to `event_type`; return how many
     deliveries were added (0 for subscriptions that already have this message).
 
@@ -331,18 +332,26 @@ async def enqueue(conn: Any, message_id: Any, event_type: str, payload: Any, *,
     the deliveries exist if and only if the event does. `message_id` identifies the
     message (an event id; no '.'): it is the ``webhook-id`` receivers de-duplicate on.
     Dispatchers listening on ``WEBHOOK_CHANNEL`` are woken at commit.
+
+    `subscription_ids` restricts the message to those subscriptions (still only the
+    active ones to `event_type`): a service that sends each subscription only what its
+    owner may see computes them (an empty collection: to none, and nothing is written).
     """
     msg_id = _check_msg_id(str(message_id))
     if not isinstance(event_type, str) or not event_type.strip():
         raise ValueError("event_type must be a non-empty string")
+    only = None if subscription_ids is None else [uuid.UUID(str(i)) for i in subscription_ids]
+    if only is not None and not only:
+        return 0
     body = json.dumps(payload, ensure_ascii=False)
     async with _transaction(conn) as tx:
         rows = await tx.fetch(
             "INSERT INTO webhook_deliveries (subscription_id, message_id, event_type, payload, occurred_at)"
             " SELECT s.id, $1, $2, $3::jsonb, coalesce($4, now()) FROM webhook_subscriptions s"
             "  WHERE s.active AND (s.event_types IS NULL OR $2 = ANY(s.event_types))"
+            "    AND ($5::uuid[] IS NULL OR s.id = ANY($5::uuid[]))"
             " ON CONFLICT (subscription_id, message_id) DO NOTHING RETURNING id",
-            msg_id, event_type, body, occurred_at)
+            msg_id, event_type, body, occurred_at, only)
         if rows:
             await tx.execute("SELECT pg_notify($1, '')", WEBHOOK_CHANNEL)
     return len(rows)

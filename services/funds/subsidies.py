@@ -37,8 +37,8 @@ column, for instance) are ignored and never read.
   ``YYYY-S1``/``YYYY-S2`` (per-year policies) or ``YYYY-MM`` (per-month); by default
   the period of ``paid_on`` in the policy's form (its month, its year).
 
-CSV is UTF-8 (with or without BOM) or GB 18030, comma- or tab-separated; in a
-workbook the sheet named ``subsidies`` (or 补贴, 发放明细) is read, else the first.
+CSV is UTF-8 (with or without BOM), UTF-16 with a BOM or GB 18030, comma- or
+tab-separated; in a workbook the sheet named ``subsidies`` (or 补贴, 发放明细) is read, else the first.
 Blank rows are skipped; rows are numbered as a spreadsheet shows them (the header
 is row 1). Every problem is reported with its row, column, code and message.
 
@@ -72,21 +72,20 @@ its masked form; messages show masked numbers only. Names are not read.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
 
 from contracts.funds import DEPARTMENT_PATTERN, PAYMENT_CHANNELS, QUARTER_PATTERN
 from contracts.masking import mask_id_number
+from eventkit import sheets
 from eventkit.errors import DomainError
 
 from .policies import UNIT_PERIODS, Catalogue, Period, Policy, parse_period
@@ -270,13 +269,7 @@ class SubsidyBatch:
         return not self.errors
 
 
-@dataclass(frozen=True)
-class Column:
-    key: str
-    label: str
-    required: bool = False
-    aliases: tuple[str, ...] = ()
-
+Column = sheets.Column
 
 COLUMNS: tuple[Column, ...] = (
     Column("id_number", "身份证号", False, ("身份证号码", "公民身份号码", "证件号码", "身份证")),
@@ -290,7 +283,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("period", "所属期间", False, ("所属期", "补贴期间")),
 )
 _KEYS = {c.key for c in COLUMNS}
-_LABELS = {name: c.key for c in COLUMNS for name in (c.label, *c.aliases)}
+_LABELS = sheets.label_index(COLUMNS)
 _ORDER = {c.key: i for i, c in enumerate(COLUMNS)}
 PERSON_COLUMNS = ("id_number", "household_id", "member_id")
 
@@ -307,131 +300,23 @@ def _error(row: int | None, column: str | None, code: str, message: str) -> dict
     return {"row": row, "column": column, "code": code, "message": message}
 
 
-def _file_error(code: str, message: str, status: int = 422, **details: Any) -> DomainError:
-    return DomainError(code, message, status, field="file", **details)
+_file_error = sheets.file_field_error
 
 
 # -- reading the file --------------------------------------------------------------------
 
-_ZIP = b"PK\x03\x04"
-_OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
-
-
 def detect_format(data: bytes, hint: str | None) -> str:
-    """``csv`` or ``xlsx``, from the first bytes (a workbook is a ZIP) and else the name or content type."""
-    hint = (hint or "").strip().lower()
-    if data.startswith(_ZIP):
-        return "xlsx"
-    if data.startswith(_OLE):
-        raise _file_error("unsupported_format", "old .xls workbooks are not supported: save as .xlsx or CSV", 415)
-    if "spreadsheetml" in hint or hint.endswith(".xlsx"):
-        raise _file_error("invalid_file", "not a readable XLSX workbook")
-    media = hint.split(";")[0].strip()
-    if media.startswith(("image/", "audio/", "video/")) or media in ("application/pdf", "application/json"):
-        raise _file_error("unsupported_format", f"{media} is not a CSV or XLSX file", 415)
-    return "csv"
-
-
-def _csv_rows(data: bytes) -> Iterator[list[Any]]:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        try:
-            text = data.decode("gb18030")
-        except UnicodeDecodeError:
-            raise _file_error("invalid_file", "the CSV file is neither UTF-8 nor GB 18030 text") from None
-    if "\x00" in text:
-        raise _file_error("invalid_file", "the file is not a text (CSV) file")
-    first = text.split("\n", 1)[0]
-    delimiter = "\t" if ("\t" in first and "," not in first) else ","
-    try:
-        yield from csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    except csv.Error as exc:
-        raise _file_error("invalid_file", f"the CSV file cannot be read: {exc}") from None
-
-
-def _xlsx_rows(data: bytes) -> Iterator[list[Any]]:
-    from openpyxl import load_workbook
-
-    try:
-        wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds for corrupt files
-        raise _file_error("invalid_file", f"not a readable XLSX workbook ({type(exc).__name__})") from None
-    try:
-        if not wb.worksheets:
-            return
-        by_name = {"".join(n.split()).lower(): n for n in wb.sheetnames}
-        name = next((by_name[s] for s in SHEET_NAMES if s in by_name), None)
-        ws = wb[name] if name is not None else wb.worksheets[0]
-        for cells in ws.iter_rows(values_only=True):
-            yield list(cells or ())
-    except DomainError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise _file_error("invalid_file", f"the workbook cannot be read ({type(exc).__name__})") from None
-    finally:
-        wb.close()
-
-
-def _column_key(header: Any) -> str | None:
-    if header is None:
-        return None
-    text = unicodedata.normalize("NFKC", str(header)).strip().rstrip("*").strip()
-    if not text:
-        return None
-    first = text.split()[0].rstrip("*").lower()
-    if first in _KEYS:
-        return first
-    for candidate in (text, text.split()[0], re.split(r"[(（]", text)[0].strip()):
-        if candidate in _LABELS:
-            return _LABELS[candidate]
-    return None
-
-
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    s = " ".join(unicodedata.normalize("NFKC", str(value)).split())
-    return s or None
+    """``csv`` or ``xlsx``, from the first bytes (a workbook is a ZIP) and else the name or content type
+    (anything but a workbook is read as CSV, unless its content type is plainly no table: an image, a
+    PDF, JSON)."""
+    return sheets.detect_format(data, hint, error=_file_error, strict=False, xls_is_csv=True)
 
 
 # -- cell values -------------------------------------------------------------------------
 
-_ISO_LIKE = re.compile(r"(\d{4})([-/.])(\d{1,2})\2(\d{1,2})")
-_CHINESE_DATE = re.compile(r"(\d{4})年(\d{1,2})月(\d{1,2})[日号]?")
-_COMPACT_DATE = re.compile(r"(\d{4})(\d{2})(\d{2})")
-_TIME_OF_DAY = re.compile(r"(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)$")
-
-
-def parse_date(value: Any) -> date:
-    """A date cell, ``YYYY-MM-DD``, ``YYYY/M/D``, ``YYYY.M.D``, ``YYYYMMDD`` or ``YYYY年M月D日`` (a time of
-    day after it is ignored). ValueError otherwise."""
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    if isinstance(value, bool):
-        raise ValueError("not a date")  # noqa: TRY004 - an unreadable cell, like any other
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    s = unicodedata.normalize("NFKC", str(value)).strip()
-    if "年" in s:
-        s = "".join(s.split())
-    s = _TIME_OF_DAY.sub("", s)
-    m = _ISO_LIKE.fullmatch(s)
-    groups = (m.group(1), m.group(3), m.group(4)) if m else None
-    if groups is None:
-        m = _CHINESE_DATE.fullmatch(s) or _COMPACT_DATE.fullmatch(s)
-        groups = m.groups() if m else None
-    if groups is None:
-        raise ValueError("not a date")
-    return date(int(groups[0]), int(groups[1]), int(groups[2]))
+_blank = sheets.blank
+_text = sheets.plain_text
+parse_date = sheets.cell_date
 
 
 def parse_amount(value: Any) -> Decimal:
@@ -639,28 +524,19 @@ def parse_subsidy_file(data: bytes, hint: str | None, *, quarter: Quarter, depar
     data = bytes(data)
     check_department(department)
     if len(data) > MAX_FILE_BYTES:
-        raise _file_error("file_too_large", f"the file is larger than {MAX_FILE_BYTES // 2**20} MB", 413,
+        raise _file_error("file_too_large", f"the file is larger than {MAX_FILE_BYTES // 2**20} MB",
                           max_bytes=MAX_FILE_BYTES)
     fmt = detect_format(data, hint)
     batch = SubsidyBatch(fmt, hashlib.sha256(data).hexdigest())
-    rows = _csv_rows(data) if fmt == "csv" else _xlsx_rows(data)
+    rows = (sheets.csv_rows(data, error=_file_error) if fmt == "csv"
+            else sheets.xlsx_rows(data, sheet_names=SHEET_NAMES, error=_file_error))
 
-    header = next(rows, None)
-    if header is None or all(_blank(c) for c in header):
+    _, header = next(rows, (1, None))
+    if sheets.blank_row(header):
         batch.errors.append(_error(1, None, "missing_header", "the file is empty: row 1 must hold the column headers"))
         return batch
-    index: dict[int, str] = {}
-    for i, cell in enumerate(header):
-        key = _column_key(cell)
-        if key is None:
-            continue
-        if key in index.values():
-            batch.errors.append(_error(1, key, "duplicate_column", f"column {key} appears twice"))
-            continue
-        index[i] = key
-    for c in COLUMNS:
-        if c.required and c.key not in index.values():
-            batch.errors.append(_error(1, c.key, "missing_column", f"required column {c.key} ({c.label}) is missing"))
+    index, problems = sheets.header_index(header, COLUMNS, keys=_KEYS, labels=_LABELS)
+    batch.errors.extend(_error(1, key, code, message) for key, code, message in problems)
     if not set(PERSON_COLUMNS) & set(index.values()):
         batch.errors.append(_error(1, "id_number", "missing_column", "a column naming the person is required: "
                                    "id_number (身份证号), or household_id (户编号) and member_id (成员编号)"))
@@ -668,13 +544,11 @@ def parse_subsidy_file(data: bytes, hint: str | None, *, quarter: Quarter, depar
         return batch
 
     data_rows: list[tuple[int, dict[str, Any]]] = []
-    for n, cells in enumerate(rows, 2):
-        if all(_blank(c) for c in cells):
-            continue
+    for n, values in sheets.records(rows, index):
         if len(data_rows) >= MAX_ROWS:
-            raise _file_error("too_many_rows", f"the file has more than {MAX_ROWS} rows: split it", 413,
+            raise _file_error("too_many_rows", f"the file has more than {MAX_ROWS} rows: split it",
                               max_rows=MAX_ROWS)
-        data_rows.append((n, {key: cells[i] for i, key in index.items() if i < len(cells)}))
+        data_rows.append((n, values))
     batch.rows = len(data_rows)
     if not data_rows:
         batch.errors.append(_error(None, None, "no_rows", "the file has no rows of payments"))
@@ -708,6 +582,4 @@ def fingerprint(household_id: str, member_id: str | None, row: SubsidyRow) -> st
 
 def template_csv() -> bytes:
     """An empty CSV template (UTF-8 with a BOM, so that Excel shows the Chinese labels)."""
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\r\n").writerow([f"{c.key} {c.label}" for c in COLUMNS])
-    return buf.getvalue().encode("utf-8-sig")
+    return sheets.write_csv([c.header for c in COLUMNS])

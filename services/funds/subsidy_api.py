@@ -88,8 +88,6 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import Headers, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from contracts.funds import DEPARTMENT_PATTERN, QUARTER_PATTERN
 from eventkit.errors import ConcurrencyError, DomainError
@@ -97,6 +95,7 @@ from eventkit.events import Metadata
 from eventkit.principal import DEPARTMENT_SCOPES, Principal
 from eventkit.runtime import current_principal, problem, runtime_of
 from eventkit.telemetry import correlation_id
+from eventkit.uploads import UploadError, read_upload
 
 from . import subsidies
 from .api import ERRORS, funds_of
@@ -109,60 +108,11 @@ router = APIRouter(tags=["subsidies"])
 SUBSIDY_NAMESPACE = uuid.UUID("3a7e1c52-9d0b-5f64-8e21-4b6c0d9f7a35")
 CONFLICT_RETRIES = 3
 FACTS_BATCH = 1000
-_MULTIPART_OVERHEAD = 64 * 1024
 
 
 def disbursement_id_for(department: str, payer_jurisdiction: str, reference: str) -> str:
     """The stream id of a department's payment: one per payer and reference."""
     return str(uuid.uuid5(SUBSIDY_NAMESPACE, f"{department}|{payer_jurisdiction}|{reference}"))
-
-
-# -- the upload --------------------------------------------------------------------------
-
-class _UploadError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
-
-
-async def _read(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _UploadError(413, "file_too_large", f"the upload is larger than {limit // 2**20} MB")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _UploadError(413, "file_too_large", f"the upload is larger than {limit // 2**20} MB")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def upload(request: Request, limit: int = subsidies.MAX_FILE_BYTES) -> tuple[str | None, bytes]:
-    """The file: the multipart field ``file`` (its name), or the raw body (its content type)."""
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        return content_type or None, await _read(request, limit)
-    body = await _read(request, limit + _MULTIPART_OVERHEAD)
-
-    async def stream():
-        yield body
-
-    parser = MultiPartParser(Headers({"content-type": content_type}), stream(), max_files=1, max_fields=10)
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise _UploadError(400, "invalid_multipart", f"unreadable multipart body: {exc.message}") from None
-    try:
-        value = form.get("file")
-        if not isinstance(value, UploadFile):
-            raise _UploadError(422, "missing_file", "upload the file in the multipart field 'file'")
-        data = await value.read()
-        if len(data) > limit:
-            raise _UploadError(413, "file_too_large", f"the file is larger than {limit // 2**20} MB")
-        return value.filename or value.content_type, data
-    finally:
-        await form.close()
 
 
 # -- who may import, and for which department ----------------------------------------------
@@ -314,13 +264,14 @@ async def import_subsidy_records(
     if q.start > today:
         raise DomainError("quarter_not_started", f"quarter {quarter} has not started", field="quarter")
     try:
-        hint, data = await upload(request)
-    except _UploadError as exc:
+        upload = await read_upload(request, subsidies.MAX_FILE_BYTES)
+    except UploadError as exc:
         return problem(exc.status, exc.code, str(exc))
-    if not data:
+    if not upload.data:
         return problem(422, "empty_file", "the uploaded file is empty")
-    batch = await asyncio.to_thread(subsidies.parse_subsidy_file, data, hint, quarter=q, department=department,
-                                    catalogue=funds.catalogue, today=today, hasher=funds.id_number_hasher())
+    batch = await asyncio.to_thread(subsidies.parse_subsidy_file, upload.data, upload.hint, quarter=q,
+                                    department=department, catalogue=funds.catalogue, today=today,
+                                    hasher=funds.id_number_hasher())
     if batch.errors:
         return _rejected(batch.errors, batch.rows)
     for attempt in range(CONFLICT_RETRIES):

@@ -73,18 +73,10 @@ async def enqueue_within(conn: Any, message_id: str, event_type: str, payload: A
     (None: to none); the number of deliveries added."""
     if village_code is None:
         return 0
-    async with conn.transaction():
-        rows = await conn.fetch(
-            "INSERT INTO webhook_deliveries (subscription_id, message_id, event_type, payload)"
-            " SELECT s.id, $1, $2, $3::jsonb FROM webhook_subscriptions s"
-            "  JOIN mon_webhook_owners o ON o.subscription_id = s.id"
-            "  WHERE s.active AND (s.event_types IS NULL OR $2 = ANY(s.event_types))"
-            "    AND $4 LIKE o.region_prefix || '%'"
-            " ON CONFLICT (subscription_id, message_id) DO NOTHING RETURNING id",
-            message_id, event_type, json.dumps(payload, ensure_ascii=False), village_code)
-        if rows:
-            await conn.execute("SELECT pg_notify($1, '')", webhooks.WEBHOOK_CHANNEL)
-    return len(rows)
+    owned = await conn.fetch("SELECT subscription_id FROM mon_webhook_owners WHERE $1 LIKE region_prefix || '%'",
+                             village_code)
+    return await webhooks.enqueue(conn, message_id, event_type, payload,
+                                  subscription_ids=[r["subscription_id"] for r in owned])
 
 
 def alert_source(pool: Any, prefix: str) -> sse.Fetch:

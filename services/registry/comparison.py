@@ -38,14 +38,12 @@ Privacy rules applied here
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
-import io
 import itertools
 import re
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date
 from operator import mul
@@ -53,6 +51,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from contracts.gateway import SCOPES
+from eventkit import sheets
 from eventkit.errors import DomainError
 
 from .domain import CLOSED
@@ -433,19 +432,7 @@ _ID_COLUMN_NAMES = frozenset({
     "idnumber", "idno", "idcard", "idcardnumber", "idcardno", "residentid", "residentidnumber",
     "身份证号", "身份证号码", "身份证", "公民身份号码", "公民身份证号", "公民身份证号码", "证件号码", "证件号",
 })
-_HEADER_NOTE = re.compile(r"[(（][^)）]*[)）]")  # "身份证号（必填）" -> "身份证号"
 _HEADER_NOISE = re.compile(r"[\s_\-.:：()（）*]+")
-_XLSX_TYPES = frozenset({"application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-                         "application/vnd.ms-excel.sheet.macroenabled.12"})
-# Browsers on Windows send application/vnd.ms-excel for .csv files (real .xls files are
-# recognised by their content).
-_CSV_TYPES = frozenset({"text/csv", "text/plain", "application/csv", "text/comma-separated-values",
-                        "text/x-csv", "application/x-csv", "text/tab-separated-values",
-                        "application/vnd.ms-excel"})
-_NEUTRAL_TYPES = frozenset({"application/octet-stream", "binary/octet-stream", "application/zip",
-                            "application/x-zip-compressed"})
-_EXTENSIONS = {"xlsx": "xlsx", "xlsm": "xlsx", "csv": "csv", "txt": "csv", "tsv": "csv", "xls": "xls"}
-_OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 
 
 @dataclass(repr=False, eq=False)
@@ -478,52 +465,13 @@ class ParsedFile:
                 f"column={self.column})")
 
 
-def _file_error(code: str, message: str, **details: object) -> DomainError:
-    return DomainError(code, message, 422, **details)
-
-
-def _hinted_format(hint: str | None) -> str | None:
-    """'xlsx', 'csv', 'xls', 'other' or None (no usable hint) from a file name or content type."""
-    h = (hint or "").strip().lower()
-    if not h:
-        return None
-    name = h.split(";")[0].strip().replace("\\", "/").rsplit("/", 1)[-1]
-    extension = name.rsplit(".", 1)[-1] if "." in name else ""
-    if extension in _EXTENSIONS:  # a file name (checked first: "exports/ids.csv" has a slash too)
-        return _EXTENSIONS[extension]
-    if re.fullmatch(r"[a-z0-9.+-]+/[a-z0-9.+-]+(?:\s*;.*)?", h):  # a content type
-        ctype = h.split(";")[0].strip()
-        if ctype in _XLSX_TYPES:
-            return "xlsx"
-        if ctype in _CSV_TYPES:
-            return "csv"
-        return None if ctype in _NEUTRAL_TYPES else "other"
-    return "other" if extension else None
-
-
-def _detect_format(data: bytes, hint: str | None) -> str:
-    hinted = _hinted_format(hint)
-    if data[:4] == b"PK\x03\x04":
-        return "xlsx"
-    if data[:8] == _OLE2 or hinted == "xls":
-        raise _file_error("unsupported_format", "old .xls workbooks are not supported: save as .xlsx or CSV")
-    if hinted == "xlsx":
-        raise _file_error("invalid_file", "the file is not a readable XLSX workbook")
-    if hinted == "other":
-        raise _file_error("unsupported_format", "ID files must be CSV or XLSX")
-    return "csv"
+_file_error = sheets.file_error
 
 
 def _cell_text(value: Any) -> str:
-    """A cell as text: numbers without a spurious '.0', an Excel text marker (leading
-    apostrophe, ="...") removed, surrounding (also full-width) spaces stripped."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    s = str(value).replace("\u3000", " ").strip()
+    """A cell as text (``sheets.cell_text``) without an Excel text marker (a leading
+    apostrophe, ="...")."""
+    s = sheets.cell_text(value)
     if s.startswith("'"):
         s = s[1:].strip()
     elif s.startswith('="') and s.endswith('"') and len(s) >= 3:
@@ -532,7 +480,7 @@ def _cell_text(value: Any) -> str:
 
 
 def _header_key(value: Any) -> str:
-    return _HEADER_NOISE.sub("", _HEADER_NOTE.sub("", _cell_text(value))).lower()
+    return _HEADER_NOISE.sub("", sheets.header_text(_cell_text(value))).lower()
 
 
 def _id_like(text: str) -> bool:
@@ -574,62 +522,6 @@ class _Collector:
         self.rows.append((number, value))
 
 
-def _decode(data: bytes) -> str:
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # Excel's "Unicode text"
-        try:
-            return data.decode("utf-16")
-        except UnicodeDecodeError:
-            raise _file_error("invalid_file", "the file is not valid UTF-16 text") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        pass
-    try:
-        return data.decode("gb18030")
-    except UnicodeDecodeError:
-        raise _file_error("invalid_file", "the CSV file is neither UTF-8 nor GB 18030 text") from None
-
-
-def _parse_csv(data: bytes, out: _Collector) -> None:
-    text = _decode(data)
-    if "\x00" in text:
-        raise _file_error("invalid_file", "the file is not a text (CSV) file")
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    delimiter = "\t" if "\t" in first and "," not in first else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        for number, cells in enumerate(reader, 1):
-            out.add(number, cells)
-    except csv.Error as exc:
-        raise _file_error("invalid_file", f"the CSV file cannot be read: {exc}") from None
-
-
-def _parse_xlsx(data: bytes, out: _Collector) -> None:
-    from openpyxl import load_workbook
-
-    try:
-        wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, TypeError):
-        raise _file_error("invalid_file", "the file is not a readable XLSX workbook") from None
-    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds for corrupt files
-        raise _file_error("invalid_file", f"the file is not a readable XLSX workbook "
-                                          f"({type(exc).__name__})") from None
-    try:
-        if not wb.worksheets:
-            raise _file_error("empty_file", "the workbook has no worksheet")
-        # Read-only sheets yield every row from row 1 (blank ones as empty tuples), so the
-        # position is the row number the user sees.
-        for number, cells in enumerate(wb.worksheets[0].iter_rows(values_only=True), 1):
-            if cells:
-                out.add(number, cells)
-    except DomainError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise _file_error("invalid_file", f"the workbook cannot be read ({type(exc).__name__})") from None
-    finally:
-        wb.close()
-
-
 def parse_id_file(data: bytes, filename_or_content_type: str | None = None, *,
                   limit: int = MAX_IDS_PER_FILE, max_bytes: int = MAX_FILE_BYTES) -> ParsedFile:
     """Read the ID numbers of an uploaded CSV or XLSX file.
@@ -657,12 +549,12 @@ def parse_id_file(data: bytes, filename_or_content_type: str | None = None, *,
                           max_bytes=max_bytes)
     if not data.strip():
         raise _file_error("empty_file", "the file is empty")
-    fmt = _detect_format(data, filename_or_content_type)
+    fmt = sheets.detect_format(data, filename_or_content_type)
     out = _Collector(limit)
-    if fmt == "xlsx":
-        _parse_xlsx(data, out)
-    else:
-        _parse_csv(data, out)
+    with closing(sheets.xlsx_rows(data) if fmt == "xlsx" else sheets.csv_rows(data)) as rows:
+        for number, cells in rows:
+            if cells:
+                out.add(number, cells)
     if not out.rows:
         raise _file_error("empty_file", "the file has no ID numbers", row=out.header_row)
     return ParsedFile(fmt, out.rows, out.header_row, out.column)
@@ -670,22 +562,9 @@ def parse_id_file(data: bytes, filename_or_content_type: str | None = None, *,
 
 # -- results file ----------------------------------------------------------------------
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
 def result_columns(purpose: str) -> list[str]:
     """The columns of :func:`results_csv` for ``purpose``."""
     return ["row", "id_masked", *PURPOSES[check_purpose(purpose)], "error"]
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value  # never let a spreadsheet evaluate uploaded text as a formula
-    return value
 
 
 def results_csv(rows: Iterable[Mapping[str, Any]], purpose: str, *,
@@ -698,18 +577,17 @@ def results_csv(rows: Iterable[Mapping[str, Any]], purpose: str, *,
     ``index + 1``. Booleans are ``true``/``false``; missing values are empty cells.
     """
     columns = result_columns(purpose)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow(columns)
-    for r in rows:
+
+    def line(r: Mapping[str, Any]) -> list[Any]:
         if "row" in r:
             number = r["row"]
         elif row_numbers is not None:
             number = row_numbers[r["index"]]
         else:
             number = r["index"] + 1
-        w.writerow([number, *(_csv_cell(r.get(c)) for c in columns[1:])])
-    return buf.getvalue().encode("utf-8-sig")
+        return [number, *(r.get(c) for c in columns[1:])]
+
+    return sheets.write_csv(columns, map(line, rows))
 
 
 # -- batches ---------------------------------------------------------------------------

@@ -19,10 +19,10 @@ English key, or the Chinese label, or both as ``key label`` like in
   64 characters;
 * ``place`` 死亡地点 (optional): the place of death, up to 200 characters.
 
-CSV is read as UTF-8 (with or without BOM) or else GB 18030; comma- or
-tab-separated. In an XLSX workbook the sheet named ``deaths`` (or 死亡) is read,
-else the first sheet. Blank rows are skipped. Rows are numbered as a spreadsheet
-shows them: the header is row 1.
+CSV is read as UTF-8 (with or without BOM), UTF-16 with a BOM, or else GB 18030;
+comma- or tab-separated. In an XLSX workbook the sheet named ``deaths`` (or 死亡) is
+read, else the first sheet. Blank rows are skipped. Rows are numbered as a
+spreadsheet shows them: the header is row 1.
 
 Every row is checked (ID shape and check character, birth date in the ID, date of
 death present, real, not in the future and not before the birth date in the ID,
@@ -31,9 +31,8 @@ the row is left out. When an ID number appears more than once, the later rows ar
 errors, and the first row is kept only if all of them agree on the date of death
 and the name.
 
-The conventions (bilingual headers, encodings, row numbers) are those of the
-household importer (``importer``); its helpers are not imported because that
-module pulls in the command layer and asyncpg, and this one stays pure.
+The conventions (bilingual headers, encodings, row numbers) are those of every
+file the services read: ``eventkit.sheets`` implements them.
 
 Nothing in a :class:`DeathBatch` holds a plain ID number or name: records carry
 ``id_hmac`` (the keyed hash the registry's person index uses), ``name_hash`` and
@@ -42,18 +41,16 @@ masked forms, and error messages show masked ID numbers only.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
-import io
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
-from typing import Any, Callable, Iterator
+from datetime import date
+from typing import Any, Callable
 
 from contracts.masking import mask_id_number, mask_name
-from eventkit.errors import DomainError
+from eventkit import sheets
 
 from . import identity
 
@@ -68,17 +65,7 @@ SHEET_NAMES = ("deaths", "death", "死亡", "死亡人员", "死亡名单")
 Hasher = Callable[[str], str]
 
 
-@dataclass(frozen=True)
-class Column:
-    key: str
-    label: str
-    required: bool = False
-    aliases: tuple[str, ...] = ()
-
-    @property
-    def header(self) -> str:
-        return f"{self.key} {self.label}"
-
+Column = sheets.Column
 
 COLUMNS: tuple[Column, ...] = (
     Column("id_number", "身份证号", True, ("身份证号码", "公民身份号码", "身份证")),
@@ -88,7 +75,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("place", "死亡地点", False, ("地点",)),
 )
 _KEYS = {c.key for c in COLUMNS}
-_LABELS = {name: c.key for c in COLUMNS for name in (c.label, *c.aliases)}
+_LABELS = sheets.label_index(COLUMNS)
 _ORDER = {c.key: i for i, c in enumerate(COLUMNS)}
 
 
@@ -179,143 +166,23 @@ def _hash(hasher: Hasher, text: str) -> str:
 
 # -- reading the file ----------------------------------------------------------------
 
-def _file_error(code: str, message: str, status: int = 422, **details: Any) -> DomainError:
-    return DomainError(code, message, status, field="file", **details)
-
-
-_ZIP = b"PK\x03\x04"
-_OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
-_XLSX_HINTS = ("spreadsheetml", ".xlsx")
-_CSV_TYPES = ("text/csv", "text/plain", "application/csv", "text/comma-separated-values",
-              "text/tab-separated-values", "text/x-csv")
-_SNIFF_TYPES = ("application/vnd.ms-excel", "application/octet-stream", "")  # browsers send these for CSV too
+_file_error = sheets.file_field_error
 
 
 def detect_format(data: bytes, filename_or_content_type: str | None) -> str:
-    """``csv`` or ``xlsx``, from the file's first bytes and its name or content type."""
-    hint = (filename_or_content_type or "").strip().lower()
-    media = hint.split(";")[0].strip()
-    if data.startswith(_ZIP):
-        return "xlsx"
-    if data.startswith(_OLE):
-        raise _file_error("unsupported_format", "old .xls workbooks are not supported: save as .xlsx or CSV", 415)
-    if any(h in hint for h in _XLSX_HINTS):
-        raise _file_error("invalid_file", "not a readable XLSX workbook")
-    if "/" in media:
-        if media in _CSV_TYPES or media in _SNIFF_TYPES:
-            return "csv"
-    elif media in _SNIFF_TYPES or media.endswith((".csv", ".txt", ".tsv", ".xls")) or "." not in media:
-        # (a ".xls" that is not an old workbook is a CSV some systems export under that name)
-        return "csv"
-    raise _file_error("unsupported_format", f"{filename_or_content_type!r} is not a CSV or XLSX file; "
-                                            f"send a CSV or XLSX file", 415)
-
-
-def _column_key(header: Any) -> str | None:
-    """The column of a header cell: the English key before the first space, or a Chinese label."""
-    if header is None:
-        return None
-    text = unicodedata.normalize("NFKC", str(header)).strip().rstrip("*").strip()
-    if not text:
-        return None
-    first = text.split()[0].rstrip("*").lower()
-    if first in _KEYS:
-        return first
-    for candidate in (text, text.split()[0], re.split(r"[(（]", text)[0].strip()):
-        if candidate in _LABELS:
-            return _LABELS[candidate]
-    return None  # an unknown column: ignored
-
-
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _csv_rows(data: bytes) -> Iterator[list[Any]]:
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        try:
-            text = data.decode("gb18030")
-        except UnicodeDecodeError:
-            raise _file_error("invalid_file", "the CSV file is neither UTF-8 nor GB 18030 text") from None
-    if "\x00" in text:
-        raise _file_error("invalid_file", "the file is not a text (CSV) file")
-    first = text.split("\n", 1)[0]
-    delimiter = "\t" if ("\t" in first and "," not in first) else ","
-    try:
-        yield from csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    except csv.Error as exc:
-        raise _file_error("invalid_file", f"the CSV file cannot be read: {exc}") from None
-
-
-def _xlsx_rows(data: bytes) -> Iterator[list[Any]]:
-    from openpyxl import load_workbook
-
-    try:
-        wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds for corrupt files
-        raise _file_error("invalid_file", f"not a readable XLSX workbook ({type(exc).__name__})") from None
-    try:
-        if not wb.worksheets:
-            return
-        by_name = {"".join(n.split()).lower(): n for n in wb.sheetnames}
-        name = next((by_name[s] for s in SHEET_NAMES if s in by_name), None)
-        ws = wb[name] if name is not None else wb.worksheets[0]
-        for cells in ws.iter_rows(values_only=True):
-            yield list(cells or ())
-    except DomainError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise _file_error("invalid_file", f"the workbook cannot be read ({type(exc).__name__})") from None
-    finally:
-        wb.close()
+    """``csv`` or ``xlsx``, from the file's first bytes and its name or content type (a name or
+    type of another format is refused; a ``.xls`` that is not an old workbook is a CSV some
+    systems export under that name)."""
+    return sheets.detect_format(data, filename_or_content_type, error=_file_error, xls_is_csv=True)
 
 
 # -- cell values ---------------------------------------------------------------------
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    s = unicodedata.normalize("NFKC", str(value)).strip()
-    s = " ".join(s.split())
-    return s or None
+_text = sheets.plain_text
+_blank = sheets.blank
 
 
-_ISO_LIKE = re.compile(r"(\d{4})([-/.])(\d{1,2})\2(\d{1,2})")
-_CHINESE = re.compile(r"(\d{4})年(\d{1,2})月(\d{1,2})[日号]?")
-_COMPACT = re.compile(r"(\d{4})(\d{2})(\d{2})")
-_TIME_OF_DAY = re.compile(r"(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)$")
-
-
-def parse_date(value: Any) -> date:
-    """A date from a cell: a date cell, ``YYYY-MM-DD``, ``YYYY/M/D``, ``YYYY.M.D``,
-    ``YYYYMMDD`` or ``YYYY年M月D日``; a time of day after the date is ignored.
-    Raises ValueError."""
-    if isinstance(value, datetime):
-        return value.date()
-    if isinstance(value, date):
-        return value
-    if isinstance(value, bool):
-        raise ValueError("not a date")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int):  # a date typed as a number: only YYYYMMDD is unambiguous
-        value = str(value)
-    s = unicodedata.normalize("NFKC", str(value)).strip()
-    if "年" in s:
-        s = "".join(s.split())
-    s = _TIME_OF_DAY.sub("", s)
-    m = _ISO_LIKE.fullmatch(s)
-    groups = (m.group(1), m.group(3), m.group(4)) if m else None
-    if groups is None:
-        m = _CHINESE.fullmatch(s) or _COMPACT.fullmatch(s)
-        groups = m.groups() if m else None
-    if groups is None:
-        raise ValueError("not a date")
-    return date(int(groups[0]), int(groups[1]), int(groups[2]))  # ValueError for 2024-02-30
+parse_date = sheets.cell_date
 
 
 # -- validation ----------------------------------------------------------------------
@@ -430,43 +297,30 @@ def parse_death_records(data: bytes, filename_or_content_type: str, *, hasher: H
     data = bytes(data)
     if len(data) > MAX_FILE_BYTES:
         raise _file_error("file_too_large", f"the file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB",
-                          413, max_bytes=MAX_FILE_BYTES)
+                          max_bytes=MAX_FILE_BYTES)
     fmt = detect_format(data, filename_or_content_type)
     batch = DeathBatch(fmt, hashlib.sha256(data).hexdigest(), 0)
-    rows = _csv_rows(data) if fmt == "csv" else _xlsx_rows(data)
+    rows = (sheets.csv_rows(data, error=_file_error) if fmt == "csv"
+            else sheets.xlsx_rows(data, sheet_names=SHEET_NAMES, error=_file_error))
 
-    header = next(rows, None)
-    if header is None or all(_blank(c) for c in header):
+    _, header = next(rows, (1, None))
+    if sheets.blank_row(header):
         batch.errors.append(_error(1, None, "missing_header", "the file is empty: row 1 must hold the column "
                                                               "headers"))
         return batch
-    index: dict[int, str] = {}
-    for i, cell in enumerate(header):
-        key = _column_key(cell)
-        if key is None:
-            continue
-        if key in index.values():
-            batch.errors.append(_error(1, key, "duplicate_column", f"column {key} appears twice"))
-            continue
-        index[i] = key
-    for c in COLUMNS:
-        if c.required and c.key not in index.values():
-            batch.errors.append(_error(1, c.key, "missing_column",
-                                       f"required column {c.key} ({c.label}) is missing"))
+    index, problems = sheets.header_index(header, COLUMNS, keys=_KEYS, labels=_LABELS)
+    batch.errors.extend(_error(1, key, code, message) for key, code, message in problems)
     if batch.errors:
         batch.errors = _sorted(batch.errors)
         return batch
 
     limit = MAX_ROWS
     data_rows: list[tuple[int, dict[str, Any]]] = []
-    for n, cells in enumerate(rows, 2):
-        if all(_blank(c) for c in cells):
-            continue
+    for n, values in sheets.records(rows, index):
         if len(data_rows) >= limit:
             raise _file_error("too_many_rows", f"the file has more than {limit} rows of deaths: "
-                                               f"split it into files of at most {limit} rows", 413,
-                              max_rows=limit)
-        data_rows.append((n, {key: cells[i] for i, key in index.items() if i < len(cells)}))
+                                               f"split it into files of at most {limit} rows", max_rows=limit)
+        data_rows.append((n, values))
     batch.rows = len(data_rows)
 
     errors: list[dict[str, Any]] = []
@@ -497,6 +351,4 @@ def parse_death_records(data: bytes, filename_or_content_type: str, *, hasher: H
 
 def template_csv() -> bytes:
     """An empty CSV template: the header row, UTF-8 with a BOM so that Excel shows the Chinese labels."""
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\r\n").writerow([c.header for c in COLUMNS])
-    return buf.getvalue().encode("utf-8-sig")
+    return sheets.write_csv([c.header for c in COLUMNS])

@@ -35,10 +35,10 @@ from eventkit.events import Metadata
 from eventkit.principal import Principal, allowed, jurisdiction_prefix
 from eventkit.runtime import current_principal, domain_problem, problem, require_covers, runtime_of
 from eventkit.telemetry import correlation_id
+from eventkit.uploads import Upload, UploadError, read_upload
 
 from . import cards, comparison, deaths, identity, national
 from .commands import Registry
-from .import_api import UploadError, upload
 from .queries import household_village
 
 log = logging.getLogger("tpa.registry.exchanges")
@@ -110,6 +110,20 @@ async def compare(request: Request, body: ComparisonRequest) -> Response:
                   "_disclosed": _disclosed(answer, f"comparison:{body.purpose}")})
 
 
+async def _uploaded(request: Request, limit: int) -> Upload:
+    """The uploaded file (``eventkit.uploads``: UploadError for a body it refuses); an empty one is
+    refused (``empty_file``)."""
+    upload = await read_upload(request, limit)
+    if not upload.data:
+        raise DomainError("empty_file", "the uploaded file is empty")
+    return upload
+
+
+def _rows_rejected(code: str, title: str, errors: list[dict[str, Any]]) -> Response:
+    """422 for a file with row-numbered errors, listing them (the first 1000)."""
+    return problem(422, code, title, f"{len(errors)} error(s); correct the rows listed", errors=errors[:1000])
+
+
 def _json(body: dict[str, Any], status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
     return Response(data, status_code=status, media_type="application/json",
@@ -161,12 +175,9 @@ async def create_job(request: Request, purpose: Purpose = Query(description="The
     try:
         principal = current_principal(request, "a comparison")
         _purpose_allowed(principal, purpose)
-        name, data = await upload(request, comparison.MAX_FILE_BYTES)
-        if not data:
-            raise DomainError("empty_file", "the uploaded file is empty")
-        hint = name or request.headers.get("content-type")
-        parsed = await asyncio.to_thread(comparison.parse_id_file, data, hint)
-        del data
+        upload = await _uploaded(request, comparison.MAX_FILE_BYTES)
+        parsed = await asyncio.to_thread(comparison.parse_id_file, upload.data, upload.hint)
+        del upload
         prepared = await asyncio.to_thread(comparison.prepare_ids, parsed.values, _registry(request).hmac_key,
                                            today=_today(), limit=comparison.MAX_IDS_PER_FILE)
     except UploadError as exc:
@@ -429,20 +440,17 @@ async def reconcile_national(request: Request, year: int = Query(ge=2013, le=210
         principal = current_principal(request, "a reconciliation")
         scope = region or principal.jurisdiction
         require_covers(request, scope, f"region {scope}")
-        name, data = await upload(request, national.MAX_FILE_BYTES)
-        if not data:
-            raise DomainError("empty_file", "the uploaded file is empty")
+        upload = await _uploaded(request, national.MAX_FILE_BYTES)
         key = _registry(request).hmac_key
         extract = await asyncio.to_thread(
-            national.parse_extract, data, name or request.headers.get("content-type", ""),
+            national.parse_extract, upload.data, upload.hint or "",
             lambda n: identity.id_hmac(key, n), name_hasher=lambda n: national.name_hmac(key, n), today=_today())
     except UploadError as exc:
         return problem(exc.status, exc.code, str(exc))
     except DomainError as exc:
         return domain_problem(exc)
     if extract.errors:
-        return problem(422, "extract_rejected", "The extract has errors: nothing was compared",
-                       f"{len(extract.errors)} error(s); correct the rows listed", errors=extract.errors[:1000])
+        return _rows_rejected("extract_rejected", "The extract has errors: nothing was compared", extract.errors)
     outside = sorted(v for v in extract.villages if not principal.covers(v))
     if outside:
         return problem(403, "outside_jurisdiction", "Forbidden",
@@ -480,20 +488,16 @@ async def reconcile_national(request: Request, year: int = Query(ge=2013, le=210
 async def inbound_deaths(request: Request) -> Response:
     try:
         principal = current_principal(request, "death records")
-        name, data = await upload(request, deaths.MAX_FILE_BYTES)
-        if not data:
-            raise DomainError("empty_file", "the uploaded file is empty")
+        upload = await _uploaded(request, deaths.MAX_FILE_BYTES)
         registry = _registry(request)
-        batch = await asyncio.to_thread(deaths.parse_death_records, data, name or
-                                        request.headers.get("content-type", ""),
+        batch = await asyncio.to_thread(deaths.parse_death_records, upload.data, upload.hint or "",
                                         hasher=deaths.keyed_hasher(registry.hmac_key), today=_today())
     except UploadError as exc:
         return problem(exc.status, exc.code, str(exc))
     except DomainError as exc:
         return domain_problem(exc)
     if batch.errors:
-        return problem(422, "file_rejected", "The file has errors: nothing was recorded",
-                       f"{len(batch.errors)} error(s); correct the rows listed", errors=batch.errors[:1000])
+        return _rows_rejected("file_rejected", "The file has errors: nothing was recorded", batch.errors)
     pool = runtime_of(request).pool
     prefix = jurisdiction_prefix(principal.jurisdiction)
     outcome: dict[str, list[dict[str, Any]]] = {"requested": [], "not_found": [], "already_removed": [],

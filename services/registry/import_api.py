@@ -1,9 +1,8 @@
 """HTTP API of bulk household imports: template download, upload, import reports.
 
 The upload is ``multipart/form-data`` with the file in the field ``file`` (a raw
-body with an XLSX or CSV content type is accepted too). The multipart body is
-parsed here with the standard library, so the service needs no extra
-dependency; the size limit is enforced while the body streams in.
+body with an XLSX or CSV content type is accepted too), read by
+``eventkit.uploads``: the size limit is enforced while the body streams in.
 """
 
 from __future__ import annotations
@@ -14,11 +13,10 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import Headers, UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from eventkit.runtime import current_principal, principal_of, problem, runtime_of
 from eventkit.telemetry import correlation_id
+from eventkit.uploads import UploadError, read_upload
 
 from . import importer
 from .commands import Registry
@@ -26,14 +24,6 @@ from .commands import Registry
 router = APIRouter(tags=["imports"])
 
 MAX_UPLOAD_BYTES = importer.MAX_FILE_BYTES
-_MULTIPART_OVERHEAD = 64 * 1024
-
-
-class UploadError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 @router.get("/imports/template", summary="Download the household import template (XLSX or CSV)",
@@ -50,62 +40,19 @@ async def template(format: str = Query("xlsx", pattern="^(xlsx|csv)$",
         "Cache-Control": "no-cache"})
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise UploadError(413, "file_too_large", f"the upload is larger than {limit // 2**20} MB")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise UploadError(413, "file_too_large", f"the upload is larger than {limit // 2**20} MB")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
-    """Fields of a multipart/form-data body (parsed by Starlette): name -> (file name, content)."""
-    async def stream():
-        yield body
-
-    parser = MultiPartParser(Headers({"content-type": content_type}), stream(), max_files=1, max_fields=10)
-    try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        raise UploadError(400, "invalid_multipart", f"unreadable multipart body: {exc.message}") from None
-    fields: dict[str, tuple[str | None, bytes]] = {}
-    try:
-        for name, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                fields[name] = (value.filename, await value.read())
-            else:
-                fields[name] = (None, value.encode())
-    finally:
-        await form.close()
-    return fields
-
-
 async def upload(request: Request, limit: int = MAX_UPLOAD_BYTES) -> tuple[str | None, bytes]:
     """An uploaded file: multipart field ``file``, or the raw body (XLSX or CSV by content type);
     (file name or None, content)."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.lower().startswith("multipart/form-data"):
-        body = await _read_body(request, limit + _MULTIPART_OVERHEAD)
-        fields = await parse_multipart(body, content_type)
-        if "file" not in fields:
-            raise UploadError(422, "missing_file", "upload the file in the multipart field 'file'")
-        name, data = fields["file"]
-        if len(data) > limit:
-            raise UploadError(413, "file_too_large", f"the file is larger than {limit // 2**20} MB")
-        return name, data
-    body = await _read_body(request, limit)
+    found = await read_upload(request, limit)
+    if found.multipart:
+        return found.filename, found.data
+    content_type = found.content_type or ""
     name = None
     if "spreadsheetml" in content_type:
         name = "upload.xlsx"
     elif "csv" in content_type:
         name = "upload.csv"
-    return name, body
+    return name, found.data
 
 
 def _actor(request: Request) -> str | None:

@@ -13,9 +13,9 @@ union of both sheets' columns, a household record fills the household columns
 and a member record the member columns. One file keeps a village's upload
 atomic and lets the same error report (sheet = ``households``/``members`` by
 record kind, row = the CSV line as a spreadsheet shows it) serve both formats.
-CSV is read as UTF-8 (with or without BOM) or, failing that, GB 18030, the
-encoding Excel uses for CSV on Chinese Windows; the template is written as UTF-8
-with a BOM so that Excel shows the Chinese labels.
+CSV is read as UTF-8 (with or without BOM), UTF-16 with a BOM or, failing that,
+GB 18030, the encoding Excel uses for CSV on Chinese Windows (``eventkit.sheets``);
+the template is written as UTF-8 with a BOM so that Excel shows the Chinese labels.
 
 Headers carry bilingual labels (the key, a space, the Chinese label): a column is identified
 by the English key before the first space, or by its Chinese label alone.
@@ -48,6 +48,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Callable, Sequence
 
+from eventkit import sheets
 from eventkit.errors import ConcurrencyError
 from eventkit.events import Metadata
 
@@ -384,16 +385,9 @@ def column_key(header: Any) -> str | None:
 
 
 def detect_format(data: bytes, file_name: str | None = None) -> str:
-    name = (file_name or "").lower()
-    if name.endswith(".xlsx"):
-        return "xlsx"
-    if name.endswith((".csv", ".txt")):
-        return "csv"
-    if data[:4] == b"PK\x03\x04":
-        return "xlsx"
-    if name.endswith(".xls") or data[:8] == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1":
-        raise ImportFileError("unsupported_format", "old .xls workbooks are not supported: save as .xlsx or CSV")
-    return "csv"
+    """``xlsx`` (a ZIP) or ``csv``; an old ``.xls`` workbook (by content or name) is refused, a
+    name or type saying XLSX for what is not a ZIP is an unreadable workbook."""
+    return sheets.detect_format(data, file_name, error=ImportFileError, strict=False)
 
 
 def parse(data: bytes, fmt: str | None = None, *, file_name: str | None = None,
@@ -430,32 +424,18 @@ def _header(sheet: str, cells: Sequence[Any], columns: Sequence[Column], parsed:
     return None if missing else index
 
 
-def _is_blank(cells: Sequence[Any]) -> bool:
-    return all(c is None or (isinstance(c, str) and not c.strip()) for c in cells)
+_is_blank = sheets.blank_row
 
 
 def _parse_xlsx(data: bytes, parsed: ParsedFile) -> None:
-    import zipfile
-
-    from openpyxl import load_workbook
-
-    try:
-        wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, TypeError) as exc:
-        raise ImportFileError("invalid_file", f"not a readable XLSX workbook: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds for corrupt files
-        raise ImportFileError("invalid_file", f"not a readable XLSX workbook ({type(exc).__name__})") from None
-    try:
-        sheets = {}
-        for name in wb.sheetnames:
-            key = (name.replace("\u3000", " ").strip().split() or [""])[0].lower()
-            sheets.setdefault(key, name)
+    with sheets.workbook(data, error=ImportFileError) as wb:
         for sheet in (HOUSEHOLDS, MEMBERS):
-            if sheet not in sheets:
+            ws = sheets.find_sheet(wb, [sheet])
+            if ws is None:
                 parsed.errors.append(RowError(sheet, 0, None, f"the workbook has no sheet named {sheet!r}",
                                               "missing_sheet"))
                 continue
-            rows = wb[sheets[sheet]].iter_rows(values_only=True)
+            rows = ws.iter_rows(values_only=True)
             header = next(rows, None)
             if header is None:
                 parsed.errors.append(RowError(sheet, 1, None, "the sheet is empty (no header row)", "missing_header"))
@@ -464,26 +444,8 @@ def _parse_xlsx(data: bytes, parsed: ParsedFile) -> None:
             if index is None:
                 continue
             target = parsed.households if sheet == HOUSEHOLDS else parsed.members
-            for n, cells in enumerate(rows, 2):
-                if cells is None or _is_blank(cells):
-                    continue
-                target.append(Row(sheet, n, {key: cells[i] for i, key in index.items() if i < len(cells)}))
-    except ImportFileError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise ImportFileError("invalid_file", f"the workbook cannot be read ({type(exc).__name__}: {exc})") from None
-    finally:
-        wb.close()
-
-
-def _decode(data: bytes) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        try:
-            return data.decode("gb18030")
-        except UnicodeDecodeError:
-            raise ImportFileError("invalid_file", "the CSV file is neither UTF-8 nor GB 18030 text") from None
+            for n, values in sheets.records(enumerate(rows, 2), index):
+                target.append(Row(sheet, n, values))
 
 
 _RECORD_KINDS = {"household": HOUSEHOLDS, "households": HOUSEHOLDS, "户": HOUSEHOLDS, "h": HOUSEHOLDS,
@@ -491,14 +453,9 @@ _RECORD_KINDS = {"household": HOUSEHOLDS, "households": HOUSEHOLDS, "户": HOUSE
 
 
 def _parse_csv(data: bytes, parsed: ParsedFile) -> None:
-    text = _decode(data)
-    if "\x00" in text:
-        raise ImportFileError("invalid_file", "the file is not a text (CSV) file")
-    first = text.split("\n", 1)[0]
-    delimiter = "\t" if ("\t" in first and "," not in first) else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader, None)
-    if header is None or _is_blank(header):
+    reader = sheets.csv_rows(data, error=ImportFileError)
+    _, header = next(reader, (1, None))
+    if _is_blank(header):
         parsed.errors.append(RowError(FILE, 1, None, "the CSV file is empty (no header row)", "missing_header"))
         return
     index = _header(FILE, header, (RECORD_COLUMN,), parsed)
@@ -512,20 +469,17 @@ def _parse_csv(data: bytes, parsed: ParsedFile) -> None:
                                               "missing_column"))
     if parsed.errors:
         return
-    try:
-        for n, cells in enumerate(reader, 2):
-            if _is_blank(cells):
-                continue
-            values = {key: (cells[i] if i < len(cells) else None) for i, key in index.items()}
-            kind = _RECORD_KINDS.get(str(values.get("record") or "").strip().lower())
-            if kind is None:
-                parsed.errors.append(RowError(FILE, n, "record",
-                                              f"record must be household or member, not {values.get('record')!r}",
-                                              "invalid_record"))
-                continue
-            (parsed.households if kind == HOUSEHOLDS else parsed.members).append(Row(kind, n, values))
-    except csv.Error as exc:
-        raise ImportFileError("invalid_file", f"the CSV file cannot be read: {exc}") from None
+    for n, cells in reader:
+        if _is_blank(cells):
+            continue
+        values = {key: (cells[i] if i < len(cells) else None) for i, key in index.items()}
+        kind = _RECORD_KINDS.get(str(values.get("record") or "").strip().lower())
+        if kind is None:
+            parsed.errors.append(RowError(FILE, n, "record",
+                                          f"record must be household or member, not {values.get('record')!r}",
+                                          "invalid_record"))
+            continue
+        (parsed.households if kind == HOUSEHOLDS else parsed.members).append(Row(kind, n, values))
 
 
 # -- cell values --------------------------------------------------------------------
@@ -537,20 +491,7 @@ class CellError(ValueError):
 
 
 def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        if value.is_integer():
-            return str(int(value))
-        return repr(value)
-    if isinstance(value, datetime):
-        return value.date().isoformat()
-    if isinstance(value, date):
-        return value.isoformat()
-    s = str(value).replace("\u3000", " ").strip()
-    return s or None
+    return sheets.cell_text(value) or None
 
 
 _EXCEL_EPOCH = date(1899, 12, 30)

@@ -75,31 +75,32 @@ or village: see :func:`reconcile`.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
-import io
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from datetime import date
+from decimal import Decimal
+from typing import Any, TypeVar
 
+from eventkit import sheets
 from eventkit.errors import DomainError
 
 from . import codes
 from .identity import IdNumberError, mask_id_number, mask_name, validate_id_number
 
+_T = TypeVar("_T")
+
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_ERRORS = 10_000
 MAX_REF_LENGTH = 64
 INCOME_TOLERANCE = Decimal("0.01")
-CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
-XLSX_CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+CSV_CONTENT_TYPE = sheets.CSV_CONTENT_TYPE
+XLSX_CONTENT_TYPE = sheets.XLSX_CONTENT_TYPE
 
 # Difference kinds.
 MISSING_IN_REGISTRY = "missing_in_registry"
@@ -119,15 +120,8 @@ FIELD_LABELS = {"household": "户", "village_code": "行政区划代码", "statu
 # -- columns --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class ExtractColumn:
-    key: str
-    label: str
+class ExtractColumn(sheets.Column):
     required: bool = True
-    aliases: tuple[str, ...] = ()
-
-    @property
-    def header(self) -> str:
-        return f"{self.key} {self.label}"
 
 
 COLUMNS: tuple[ExtractColumn, ...] = (
@@ -141,44 +135,17 @@ COLUMNS: tuple[ExtractColumn, ...] = (
     ExtractColumn("income_year", "年度", required=False, aliases=("收入年度",)),
 )
 _KEYS = {c.key for c in COLUMNS}
-
-
-def _header_text(value: Any) -> str:
-    text = unicodedata.normalize("NFKC", str(value)).strip()
-    text = text.rstrip("*").strip()
-    return re.sub(r"\s*\([^)]*\)\s*$", "", text).strip()  # "人均纯收入(元)" -> "人均纯收入"
-
-
-_LABELS: dict[str, str] = {}
-for _c in COLUMNS:
-    for _lab in (_c.label, *_c.aliases):
-        _LABELS[_header_text(_lab)] = _c.key
+_LABELS = sheets.label_index(COLUMNS)
 
 
 def column_key(header: Any) -> str | None:
     """The column key of a header cell, or None for a column this module does not read."""
-    if header is None:
-        return None
-    text = _header_text(header)
-    if not text:
-        return None
-    if text in _LABELS:
-        return _LABELS[text]
-    tokens = text.split()
-    first = tokens[0].lower()
-    if first in _KEYS:
-        return first
-    for token in tokens:
-        if _header_text(token) in _LABELS:
-            return _LABELS[_header_text(token)]
-    return None
+    return sheets.header_key(header, _KEYS, _LABELS)
 
 
 def template_csv() -> bytes:
     """An empty extract (the header row), UTF-8 with a BOM so that Excel shows the labels."""
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\r\n").writerow([c.header for c in COLUMNS])
-    return buf.getvalue().encode("utf-8-sig")
+    return sheets.write_csv([c.header for c in COLUMNS])
 
 
 # -- code values ----------------------------------------------------------------------
@@ -342,77 +309,14 @@ class Extract:
 
 def detect_format(data: bytes, filename_or_content_type: str | None) -> str:
     """``"xlsx"`` or ``"csv"`` from a file name or content type, the content deciding
-    when it is a ZIP (XLSX) or an old OLE workbook (refused)."""
-    hint = (filename_or_content_type or "").strip().lower()
-    if data[:4] == b"PK\x03\x04":
-        return "xlsx"
-    if data[:8] == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1":
-        raise DomainError("unsupported_format", "old .xls workbooks are not supported: save as .xlsx or CSV")
-    if hint.endswith(".xlsx") or "spreadsheetml" in hint:
-        raise DomainError("invalid_file", "the file is not a readable XLSX workbook")
-    # Browsers on Windows send application/vnd.ms-excel for CSV files: anything else is CSV.
-    return "csv"
-
-
-def _decode(data: bytes) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        try:
-            return data.decode("gb18030")
-        except UnicodeDecodeError:
-            raise DomainError("invalid_file", "the CSV file is neither UTF-8 nor GB 18030 text") from None
-
-
-def _csv_rows(data: bytes) -> Iterator[tuple[int, Sequence[Any]]]:
-    text = _decode(data)
-    if "\x00" in text:
-        raise DomainError("invalid_file", "the file is not a text (CSV) file")
-    first = text.split("\n", 1)[0]
-    delimiter = "\t" if ("\t" in first and "," not in first) else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        yield from enumerate(reader, 1)
-    except csv.Error as exc:
-        raise DomainError("invalid_file", f"the CSV file cannot be read: {exc}") from None
-
-
-def _xlsx_rows(data: bytes) -> Iterator[tuple[int, Sequence[Any]]]:
-    from openpyxl import load_workbook
-
-    try:
-        wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-    except Exception as exc:  # noqa: BLE001 - openpyxl raises many kinds for corrupt files
-        raise DomainError("invalid_file", f"not a readable XLSX workbook ({type(exc).__name__})") from None
-    try:
-        if not wb.worksheets:
-            return
-        yield from enumerate(wb.worksheets[0].iter_rows(values_only=True), 1)
-    except DomainError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise DomainError("invalid_file", f"the workbook cannot be read ({type(exc).__name__})") from None
-    finally:
-        wb.close()
-
-
-def _blank(cells: Sequence[Any]) -> bool:
-    return all(c is None or (isinstance(c, str) and not c.strip()) for c in cells)
+    when it is a ZIP (XLSX) or an old OLE workbook (refused). Browsers on Windows send
+    application/vnd.ms-excel for CSV files: anything but an XLSX name or type, or a type
+    that is plainly no table (an image, a PDF, JSON), is read as CSV."""
+    return sheets.detect_format(data, filename_or_content_type, strict=False, xls_is_csv=True)
 
 
 def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, datetime):
-        return value.date().isoformat()
-    if isinstance(value, date):
-        return value.isoformat()
-    s = str(value).replace("\u3000", " ").strip()
-    return s or None
+    return sheets.cell_text(value) or None
 
 
 def _income(value: Any) -> Decimal:
@@ -487,10 +391,10 @@ def parse_extract(data: bytes, filename_or_content_type: str, hasher: Callable[[
     fmt = detect_format(data, filename_or_content_type)
     extract = Extract(fmt, hashlib.sha256(data).hexdigest(), 0)
     errors = _Errors()
-    source = _xlsx_rows(data) if fmt == "xlsx" else _csv_rows(data)
+    source = sheets.xlsx_rows(data) if fmt == "xlsx" else sheets.csv_rows(data)
     with closing(source) as rows:
         header = next(rows, None)
-        if header is None or _blank(header[1]):
+        if header is None or sheets.blank_row(header[1]):
             errors.add(1, None, "missing_header", "the file is empty (row 1 must hold the column headers)")
             extract.errors = errors.items
             return extract
@@ -509,19 +413,10 @@ def parse_extract(data: bytes, filename_or_content_type: str, hasher: Callable[[
 
 
 def _read_header(cells: Sequence[Any], errors: _Errors) -> dict[str, int] | None:
-    index: dict[str, int] = {}
-    for i, cell in enumerate(cells):
-        key = column_key(cell)
-        if key is None:
-            continue
-        if key in index:
-            errors.add(1, key, "duplicate_column", f"column {key} appears twice")
-            continue
-        index[key] = i
-    missing = [c for c in COLUMNS if c.required and c.key not in index]
-    for c in missing:
-        errors.add(1, c.key, "missing_column", f"required column {c.key} ({c.label}) is missing")
-    return None if missing or errors.items else index
+    index, problems = sheets.header_index(cells, COLUMNS, keys=_KEYS, labels=_LABELS)
+    for key, code, message in problems:
+        errors.add(1, key, code, message)
+    return None if problems else {key: i for i, key in index.items()}
 
 
 def _read_rows(rows: Iterable[tuple[int, Sequence[Any]]], index: Mapping[str, int], extract: Extract,
@@ -530,7 +425,7 @@ def _read_rows(rows: Iterable[tuple[int, Sequence[Any]]], index: Mapping[str, in
     households: dict[str, _Building] = {}
     seen_ids: dict[str, tuple[int, str]] = {}  # id hash -> (row, household_ref)
     for n, cells in rows:
-        if cells is None or _blank(cells):
+        if sheets.blank_row(cells):
             continue
         extract.rows += 1
         raw = {key: (cells[i] if i < len(cells) else None) for key, i in index.items()}
@@ -555,20 +450,8 @@ def _read_rows(rows: Iterable[tuple[int, Sequence[Any]]], index: Mapping[str, in
         if relation_raw is not None and relation is None:
             errors.add(n, "relation", "invalid_relation",
                        f"{_shown(relation_raw)} is not a relation to the head (户主, 配偶, 子, 女, ... or a GB/T 4761 code)")
-        income: Decimal | None = None
-        if _text(raw.get("per_capita_income")) is not None:
-            try:
-                income = _income(raw["per_capita_income"])
-            except (ValueError, ArithmeticError):
-                errors.add(n, "per_capita_income", "invalid_income",
-                           f"per_capita_income must be an amount in yuan, not {_shown(_text(raw['per_capita_income']))}")
-        year: int | None = None
-        if _text(raw.get("income_year")) is not None:
-            try:
-                year = _year(raw["income_year"])
-            except ValueError:
-                errors.add(n, "income_year", "invalid_income_year",
-                           f"income_year must be a year such as 2024, not {_shown(_text(raw['income_year']))}")
+        income = _optional(raw, "per_capita_income", _income, n, errors, "invalid_income", "an amount in yuan")
+        year = _optional(raw, "income_year", _year, n, errors, "invalid_income_year", "a year such as 2024")
         # Personal data: validated, hashed and masked at once; the plain values stay in this frame.
         id_hash = id_masked = None
         id_cell = raw.get("id_number")
@@ -634,6 +517,19 @@ def _required(raw: Mapping[str, Any], key: str, row: int, errors: _Errors) -> st
     if value is None:
         errors.add(row, key, "missing_value", f"{key} is required")
     return value
+
+
+def _optional(raw: Mapping[str, Any], key: str, parse: Callable[[Any], _T], row: int, errors: _Errors, code: str,
+              expected: str) -> _T | None:
+    """An optional cell read by ``parse``: None when it is blank, or (reported) when ``parse`` refuses it."""
+    text = _text(raw.get(key))
+    if text is None:
+        return None
+    try:
+        return parse(raw[key])
+    except (ValueError, ArithmeticError):
+        errors.add(row, key, code, f"{key} must be {expected}, not {_shown(text)}")
+        return None
 
 
 def _consistent(b: _Building, n: int, village: str, status: str, income: Decimal | None, year: int | None,
@@ -978,18 +874,6 @@ _REPORT_COLUMNS = (
 )
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    s = str(value)
-    if s[:1] in ("=", "+", "-", "@", "\t", "\r"):  # no formulas when opened in a spreadsheet
-        try:
-            Decimal(s)
-        except InvalidOperation:
-            return "'" + s
-    return s
-
-
 def _display(item: Mapping[str, Any], side: str) -> Any:
     value = item[side]
     if item["field"] == "status":
@@ -1001,12 +885,10 @@ def _display(item: Mapping[str, Any], side: str) -> Any:
 
 def report_csv(report: Report) -> bytes:
     """The report's items as CSV (UTF-8 with a BOM, bilingual headers, code values with labels)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow([f"{key} {label}" for key, label in _REPORT_COLUMNS])
-    for item in report.items:
+    def line(item: Mapping[str, Any]) -> list[Any]:
         row = {**item, "field_label": FIELD_LABELS.get(item["field"], ""),
                "kind_label": KIND_LABELS.get(item["kind"], ""),
                "national": _display(item, "national"), "registry": _display(item, "registry")}
-        w.writerow([_cell(row.get(key)) for key, _ in _REPORT_COLUMNS])
-    return buf.getvalue().encode("utf-8-sig")
+        return [row.get(key) for key, _ in _REPORT_COLUMNS]
+
+    return sheets.write_csv([f"{key} {label}" for key, label in _REPORT_COLUMNS], map(line, report.items))
