@@ -274,3 +274,46 @@ async def test_size_and_rate_limits_answer_413_and_429(world):
     assert codes.count(429) >= 2 and 200 in codes
     limited = next(f for f in flood if f.status_code == 429)
     assert int(limited.headers["retry-after"]) >= 1 and limited.json()["code"] == "rate_limited"
+
+
+async def test_a_reported_death_removes_the_member_once_the_resident_team_approves(infra, databases, unique):
+    village = village_code()
+    async with running_platform(infra, databases, unique("d"), services=("registry", "workflow", "gateway")) as p:
+        async with p["registry"][1].pool.acquire() as conn:
+            await seed_village(conn, village)
+        async with httpx.AsyncClient(base_url=p["gateway"][0] + API, timeout=30) as http:
+            body = household(village, members=[member("刘长青", date(1950, 3, 3), "head"),
+                                               member("刘秀兰", date(1952, 4, 4), "10", male=False)])
+            officer = ActAs(p, village=village)
+            r = await http.post("/households", json=body, auth=officer)
+            assert r.status_code == 201, r.text
+            hid = r.json()["household_id"]
+
+            async def projected():
+                return (await http.get(f"/households/{hid}", auth=officer)).headers.get("x-tpa-read-model") == "ledger"
+            await wait_until(projected, timeout=30, message="the household in the ledger")
+            civil = await as_client(p, ["inbound:deaths"], village[:6], "civil-registration-e2e")
+            spouse = body["members"][1]
+            data = f"身份证号,姓名,死亡日期\n{spouse['id_number']},{spouse['name']},2025年1月2日\n".encode()
+            r = await http.post("/inbound/deaths", content=data, headers={**civil, "Content-Type": "text/csv"})
+            assert r.status_code == 201 and r.json()["summary"]["requested"] == 1, r.text
+            member_id = r.json()["requested"][0]["member_id"]
+            team = principal("resident_team", village, "team-e2e")
+            await ensure_account(p["gateway"][1], team)
+
+            async def opened():  # the workflow opens a data_change case from ChangeRequested
+                page = (await http.get("/inbox", headers=bearer(team))).json()
+                return next((c for c in page["items"] if c["case_type"] == "data_change"), None)
+            case = await wait_until(opened, timeout=30, message="the data_change case in the team's inbox")
+            ledger = (await http.get(f"/households/{hid}", auth=officer)).json()
+            assert all(m["active"] for m in ledger["members"])  # nothing happens before the review
+            r = await http.post(f"/cases/{case['case_id']}/decisions", headers=bearer(team),
+                                json={"step_id": "resident_team_review", "decision": "approve"})
+            assert r.status_code == 200, r.text
+
+            async def removed():
+                doc = (await http.get(f"/households/{hid}", auth=officer)).json()
+                m = next(m for m in doc["members"] if m["member_id"] == member_id)
+                return m if not m["active"] else None
+            gone = await wait_until(removed, timeout=30, message="the member removed in the ledger")
+            assert gone["removed"]["reason"] == "death" and gone["removed"]["on"] == "2025-01-02"

@@ -624,9 +624,12 @@ def test_authorisation_matrix_is_consistent() -> None:
         assert actions <= set(ACTIONS)
     assert CLIENT_ACTIONS == set(SCOPES) and CLIENT_ACTIONS <= set(ACTIONS)
     assert all(scope in ACTIONS for scope in SCOPES)
-    # no user role takes a client's inbound or status actions
-    inbound = {a for a in ACTIONS if a.startswith(("inbound:", "status:", "reconciliation:"))}
+    # no user role takes a client's inbound or status actions; information officers reconcile the
+    # register with the national system (they correct whichever side is wrong)
+    inbound = {a for a in ACTIONS if a.startswith(("inbound:", "status:"))}
     assert all(not (actions & inbound) for actions in ROLE_ACTIONS.values())
+    assert {r for r, actions in ROLE_ACTIONS.items() if "reconciliation:national" in actions} == {
+        "information_officer"}
     # the workflow's reviewer roles and levels exist at the gateway
     from services.workflow.definitions import LEVELS as WORKFLOW_LEVELS
     from services.workflow.definitions import ROLES as WORKFLOW_ROLES

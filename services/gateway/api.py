@@ -116,7 +116,8 @@ def route(method: str, path: str, service: str, *, action: str | tuple[str, ...]
           query: type[BaseModel] | None = None, response_model: Any = None, status_code: int = 200,
           summary: str, tags: list[str], upstream: str | None = None, raw_body: bool = False,
           openapi_extra: dict[str, Any] | None = None, response_class: Any = None,
-          after: AfterHook | None = None, description: str | None = None) -> None:
+          after: AfterHook | None = None, description: str | None = None,
+          timeout: httpx.Timeout | None = None) -> None:
     """Declare a forwarded route with its real request/response models (for OpenAPI and validation)
     and the action(s) it needs (None: public)."""
     names = _PARAM.findall(path)
@@ -132,7 +133,8 @@ def route(method: str, path: str, service: str, *, action: str | tuple[str, ...]
         else:
             content = payload.model_dump_json(exclude_unset=True).encode() if payload is not None else None
         response = await forward(request, service, method, target, content=content,
-                                 query=request.url.query or None, timeout=UPLOAD_TIMEOUT if raw_body else None,
+                                 query=request.url.query or None,
+                                 timeout=timeout or (UPLOAD_TIMEOUT if raw_body else None),
                                  principal=caller.principal if caller else None)
         if caller is not None:
             await denied_upstream(request, caller, response, actions)
@@ -626,6 +628,7 @@ _FILE = {"requestBody": {"required": True, "content": {
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {"schema": {"type": "string",
                                                                                     "format": "binary"}}}}}
 route("POST", "/comparisons", "registry", action=COMPARE, body=xa.ComparisonRequest, after=_audit_disclosure,
+      timeout=UPLOAD_TIMEOUT,  # 100 000 IDs take seconds, more on a loaded machine
       summary="Bulk comparison: up to 100 000 ID numbers, answered per ID with the facts the purpose allows",
       tags=X, openapi_extra={"requestBody": {"content": {"application/json": {"example": {
           "purpose": "education", "id_numbers": ["620102201001011234", "620102201502020021"]}}}}})

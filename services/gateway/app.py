@@ -43,7 +43,8 @@ def build(settings: ServiceSettings | None = None, *, clock: Clock | None = None
         raise RuntimeError("the access-token and internal-token keyrings must not share a key")
 
     async def startup(runtime: ServiceRuntime) -> None:
-        runtime.state["http"] = httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=2.0))
+        # 30 s for a service to answer (a loaded county server can be slow; uploads get longer)
+        runtime.state["http"] = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=2.0))
         runtime.state["internal_keyring"] = internal
         runtime.state["accounts"] = Accounts(runtime.pool, runtime.store, keyring, clock=clock)
         runtime.state["limiter"] = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
