@@ -465,6 +465,13 @@ def cmd_users(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The benchmarks (``bench/``; installed with ``pip install -e '.[bench]'`` or ``make bench``)."""
+    from bench.cli import main as bench_main
+
+    return bench_main(args.args)
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     """Print a new keyring entry (for TPA_GATEWAY_TOKEN_KEYS or TPA_INTERNAL_TOKEN_KEYS)."""
     from eventkit.tokens import keyring_text
@@ -752,6 +759,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-invalid", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, default=50, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("bench", help="run the benchmarks (bench/README.md; `tpa bench --help`)", add_help=False,
+                       prefix_chars="+")  # every argument goes to bench.cli
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
 
     args = parser.parse_args(argv)
     return args.func(args)
