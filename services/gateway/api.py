@@ -172,45 +172,53 @@ def route(method: str, path: str, service: str, *, action: str | tuple[str, ...]
 
 
 H = ["households"]
-route("POST", "/households", "registry", action='household:write', body=rs.RegisterHousehold, response_model=rs.CommandAccepted,
+route("POST", "/households", "registry", action="household:write", body=rs.RegisterHousehold,
+      response_model=rs.CommandAccepted,
       status_code=201, summary="Register a household with its members", tags=H)
-route("POST", "/households/{household_id}/members", "registry", action='household:write', body=rs.AddMember,
+route("POST", "/households/{household_id}/members", "registry", action="household:write", body=rs.AddMember,
       response_model=rs.CommandAccepted, summary="Add a member", tags=H)
-route("POST", "/households/{household_id}/members/{member_id}/removal", "registry", action='household:write', body=rs.RemoveMember,
+route("POST", "/households/{household_id}/members/{member_id}/removal", "registry", action="household:write",
+      body=rs.RemoveMember,
       response_model=rs.CommandAccepted, summary="Remove a member", tags=H)
-route("PATCH", "/households/{household_id}/members/{member_id}", "registry", action='household:write', body=rs.MemberFacts,
+route("PATCH", "/households/{household_id}/members/{member_id}", "registry", action="household:write",
+      body=rs.MemberFacts,
       response_model=rs.CommandAccepted, summary="Update a member's facts", tags=H)
-route("POST", "/households/{household_id}/members/{member_id}/erasure", "registry", action='household:write',
+route("POST", "/households/{household_id}/members/{member_id}/erasure", "registry", action="household:write",
       response_model=rs.CommandAccepted, summary="Erase a member's personal data", tags=H)
-route("POST", "/households/{household_id}/head", "registry", action='household:write', body=rs.ChangeHead,
+route("POST", "/households/{household_id}/head", "registry", action="household:write", body=rs.ChangeHead,
       response_model=rs.CommandAccepted, summary="Change the household head", tags=H)
-route("PUT", "/households/{household_id}/incomes/{year}", "registry", action='household:write', body=rs.IncomeAssessment,
+route("PUT", "/households/{household_id}/incomes/{year}", "registry", action="household:write",
+      body=rs.IncomeAssessment,
       response_model=rs.CommandAccepted, summary="Record a year's income assessment", tags=H)
-route("PUT", "/households/{household_id}/conditions", "registry", action='household:write', body=rs.LivingConditions,
+route("PUT", "/households/{household_id}/conditions", "registry", action="household:write", body=rs.LivingConditions,
       response_model=rs.CommandAccepted, summary="Assess living conditions", tags=H)
-route("PUT", "/households/{household_id}/causes", "registry", action='household:write', body=rs.PovertyCauses,
+route("PUT", "/households/{household_id}/causes", "registry", action="household:write", body=rs.PovertyCauses,
       response_model=rs.CommandAccepted, summary="Record poverty causes", tags=H)
-route("POST", "/households/{household_id}/cadres", "registry", action='household:write', body=rs.AssignCadre,
+route("POST", "/households/{household_id}/cadres", "registry", action="household:write", body=rs.AssignCadre,
       response_model=rs.CommandAccepted, summary="Assign an assistance cadre", tags=H)
-route("POST", "/households/{household_id}/cadres/{cadre_id}/release", "registry", action='household:write', body=rs.ReleaseCadre,
+route("POST", "/households/{household_id}/cadres/{cadre_id}/release", "registry", action="household:write",
+      body=rs.ReleaseCadre,
       response_model=rs.CommandAccepted, summary="Release an assistance cadre", tags=H)
-route("PUT", "/households/{household_id}/plans/{year}", "registry", action='household:write', body=rs.AssistancePlan,
+route("PUT", "/households/{household_id}/plans/{year}", "registry", action="household:write", body=rs.AssistancePlan,
       response_model=rs.CommandAccepted, summary="Record a year's assistance plan", tags=H)
-route("PUT", "/households/{household_id}/coordinates", "registry", action='household:write', body=rs.Coordinates,
+route("PUT", "/households/{household_id}/coordinates", "registry", action="household:write", body=rs.Coordinates,
       response_model=rs.CommandAccepted, summary="Set the household's coordinates", tags=H)
-route("POST", "/households/{household_id}/change-requests", "registry", action='household:write', body=rs.ChangeRequestBody,
+route("POST", "/households/{household_id}/change-requests", "registry", action="household:write",
+      body=rs.ChangeRequestBody,
       response_model=rs.ChangeRequestAccepted, status_code=201,
       summary="Ask for a change to household data (applied once a data_change case approves it)", tags=H)
-route("GET", "/households/{household_id}/change-requests", "registry", action='household:read', response_model=rs.ChangeRequestList,
+route("GET", "/households/{household_id}/change-requests", "registry", action="household:read",
+      response_model=rs.ChangeRequestList,
       summary="A household's change requests, newest first", tags=H)
-route("GET", "/households/{household_id}/change-requests/{change_request_id}", "registry", action='household:read',
+route("GET", "/households/{household_id}/change-requests/{change_request_id}", "registry", action="household:read",
       response_model=rs.ChangeRequestView, summary="One change request with its proposed values", tags=H)
-route("POST", "/households/{household_id}/status-decisions", "registry", action='case:decide', body=rs.StatusDecision,
+route("POST", "/households/{household_id}/status-decisions", "registry", action="case:decide", body=rs.StatusDecision,
       response_model=rs.CommandAccepted, summary="Apply a review decision's status effect", tags=H)
-route("PUT", "/villages/{village_code}/profile", "registry", action='household:write', body=rs.VillageProfile,
+route("PUT", "/villages/{village_code}/profile", "registry", action="household:write", body=rs.VillageProfile,
       summary="Record a dated village profile", tags=["villages"])
-route("GET", "/code-lists", "registry", action=None, summary="Registry code lists with Chinese labels", tags=["reference"])
-route("GET", "/villages/{village_code}/households", "monitoring", action='household:read', response_model=VillageCount,
+route("GET", "/code-lists", "registry", action=None, summary="Registry code lists with Chinese labels",
+      tags=["reference"])
+route("GET", "/villages/{village_code}/households", "monitoring", action="household:read", response_model=VillageCount,
       summary="Registered households and people in a village (monitoring)", tags=["dashboards"])
 
 
@@ -273,26 +281,28 @@ class ImportQuery(BaseModel):
 
 
 L = ["ledger"]
-route("GET", "/households", "registry", action='household:read', query=SearchQuery, response_model=rq.HouseholdPage,
+route("GET", "/households", "registry", action="household:read", query=SearchQuery, response_model=rq.HouseholdPage,
       summary="Search households (summary rows without personal data)", tags=L)
-route("POST", "/households/search", "registry", action='household:read', body=rq.SearchRequest, response_model=rq.HouseholdPage,
+route("POST", "/households/search", "registry", action="household:read", body=rq.SearchRequest,
+      response_model=rq.HouseholdPage,
       summary="Search households, filters in the body (ID-number searches)", tags=L)
-route("GET", "/households/{household_id}", "registry", action='household:read', query=LedgerQuery,
+route("GET", "/households/{household_id}", "registry", action="household:read", query=LedgerQuery,
       response_model=rq.HouseholdLedgerView, after=_audit_personal_ledger,
       summary="The household ledger (members masked; with personal=true, names, ID numbers and phones)", tags=L)
-route("GET", "/villages/{village_code}/statistics", "registry", action='household:read', response_model=rq.Statistics,
+route("GET", "/villages/{village_code}/statistics", "registry", action="household:read", response_model=rq.Statistics,
       summary="Village statistics: status, incidence, causes", tags=L)
-route("GET", "/regions/{code}/statistics", "registry", action='household:read', response_model=rq.Statistics,
+route("GET", "/regions/{code}/statistics", "registry", action="household:read", response_model=rq.Statistics,
       summary="County or township statistics", tags=L)
 I = ["imports"]
 _BINARY = {"content": {
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {"schema": {"type": "string",
                                                                                      "format": "binary"}},
     "text/csv": {"schema": {"type": "string"}}}}
-route("GET", "/imports/template", "registry", action='household:write', query=TemplateQuery, summary="Download the import template",
+route("GET", "/imports/template", "registry", action="household:write", query=TemplateQuery,
+      summary="Download the import template",
       tags=I, response_class=Response, openapi_extra={"responses": {"200": {"description": "The template",
                                                                            **_BINARY}}})
-route("POST", "/imports/households", "registry", action='household:write', query=ImportQuery, raw_body=True,
+route("POST", "/imports/households", "registry", action="household:write", query=ImportQuery, raw_body=True,
       summary="Import households from a filled template (multipart field `file`, or the file as the body)",
       tags=I, openapi_extra={"requestBody": {"required": True, "content": {
           "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
@@ -300,8 +310,9 @@ route("POST", "/imports/households", "registry", action='household:write', query
           "text/csv": {"schema": {"type": "string"}},
           "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {"schema": {"type": "string",
                                                                                           "format": "binary"}}}}})
-route("GET", "/imports/{import_id}", "registry", action='household:write', summary="An import's report", tags=I)
-route("GET", "/imports/{import_id}/errors.csv", "registry", action='household:write', summary="An import's errors as CSV", tags=I,
+route("GET", "/imports/{import_id}", "registry", action="household:write", summary="An import's report", tags=I)
+route("GET", "/imports/{import_id}/errors.csv", "registry", action="household:write",
+      summary="An import's errors as CSV", tags=I,
       response_class=Response, openapi_extra={"responses": {"200": {"description": "CSV",
                                                                    "content": {"text/csv": {}}}}})
 
@@ -334,33 +345,42 @@ class BoardQuery(BaseModel):
 
 
 W = ["cases"]
-route("POST", "/cases", "workflow", action='case:open', body=wa.OpenCase, response_model=wa.CaseAccepted, status_code=201,
+route("POST", "/cases", "workflow", action="case:open", body=wa.OpenCase, response_model=wa.CaseAccepted,
+      status_code=201,
       summary="Open a review case for a household", tags=W)
-route("GET", "/cases", "workflow", action='case:read', query=CaseQuery, response_model=wq.CasePage,
+route("GET", "/cases", "workflow", action="case:read", query=CaseQuery, response_model=wq.CasePage,
       summary="List cases by region, type, step, status, overdue", tags=W)
-route("GET", "/cases/{case_id}", "workflow", action='case:read', summary="One case, from the event store", tags=W)
-route("GET", "/cases/{case_id}/timeline", "workflow", action='case:read', response_model=wq.Timeline,
+route("GET", "/cases/{case_id}", "workflow", action="case:read", summary="One case, from the event store", tags=W)
+route("GET", "/cases/{case_id}/timeline", "workflow", action="case:read", response_model=wq.Timeline,
       summary="Every event of a case, in order", tags=W)
-route("POST", "/cases/{case_id}/decisions", "workflow", action='case:decide', body=wa.Decide, response_model=wa.CaseAccepted,
+route("POST", "/cases/{case_id}/decisions", "workflow", action="case:decide", body=wa.Decide,
+      response_model=wa.CaseAccepted,
       summary="Decide the current step: approve, reject or return", tags=W)
-route("POST", "/batch-decisions", "workflow", action='case:decide', body=wa.BatchDecide, response_model=wa.BatchAccepted,
+route("POST", "/batch-decisions", "workflow", action="case:decide", body=wa.BatchDecide,
+      response_model=wa.BatchAccepted,
       summary="Decide the same step of many cases of one village, all or nothing", tags=W)
-route("POST", "/cases/{case_id}/comparisons", "workflow", action=('case:decide', 'inbound:comparison_results'), body=wa.RecordComparisons,
+route("POST", "/cases/{case_id}/comparisons", "workflow", action=('case:decide', 'inbound:comparison_results'),
+      body=wa.RecordComparisons,
       response_model=wa.CaseAccepted, summary="Record data comparison results (county office, departments)",
       tags=W)
-route("POST", "/cases/{case_id}/escalation", "workflow", action='case:decide', body=wa.Escalate, response_model=wa.CaseAccepted,
+route("POST", "/cases/{case_id}/escalation", "workflow", action="case:decide", body=wa.Escalate,
+      response_model=wa.CaseAccepted,
       summary="Pass an assistance need up a level", tags=W)
-route("POST", "/cases/{case_id}/resolution", "workflow", action='case:decide', body=wa.Resolve, response_model=wa.CaseAccepted,
+route("POST", "/cases/{case_id}/resolution", "workflow", action="case:decide", body=wa.Resolve,
+      response_model=wa.CaseAccepted,
       summary="Answer an assistance need with what was done", tags=W)
-route("GET", "/inbox", "workflow", action='case:read', query=InboxQuery, response_model=wq.CasePage,
+route("GET", "/inbox", "workflow", action="case:read", query=InboxQuery, response_model=wq.CasePage,
       summary="Cases waiting for my role and level in my jurisdiction", tags=W)
 route("GET", "/case-types", "workflow", action=None, summary="Case type definitions in force", tags=["reference"])
 N = ["notices"]
-route("GET", "/villages/{village_code}/notices", "workflow", action=None, query=BoardQuery, response_model=wq.NoticeBoard,
+route("GET", "/villages/{village_code}/notices", "workflow", action=None, query=BoardQuery,
+      response_model=wq.NoticeBoard,
       summary="Public notice board of a village (masked names only)", tags=N)
-route("POST", "/cases/{case_id}/objections", "workflow", action=None, body=wa.FileObjection, response_model=wa.CaseAccepted,
+route("POST", "/cases/{case_id}/objections", "workflow", action=None, body=wa.FileObjection,
+      response_model=wa.CaseAccepted,
       status_code=201, summary="Object to a running public notice (anyone; name optional)", tags=N)
-route("POST", "/cases/{case_id}/objections/{objection_id}/resolution", "workflow", action='case:decide', body=wa.ResolveObjection,
+route("POST", "/cases/{case_id}/objections/{objection_id}/resolution", "workflow", action="case:decide",
+      body=wa.ResolveObjection,
       response_model=wa.CaseAccepted, summary="Record the finding on an objection", tags=N)
 
 
@@ -380,13 +400,16 @@ class AnomalyQuery(BaseModel):
 
 
 F = ["funds"]
-route("POST", "/allocations", "funds", action='funds:manage', body=fa.CreateAllocation, response_model=fa.Accepted, status_code=201,
+route("POST", "/allocations", "funds", action="funds:manage", body=fa.CreateAllocation, response_model=fa.Accepted,
+      status_code=201,
       summary="Create an allocation (a budget line)", tags=F)
-route("POST", "/allocations/{allocation_id}/adjustments", "funds", action='funds:manage', body=fa.AdjustAllocation,
+route("POST", "/allocations/{allocation_id}/adjustments", "funds", action="funds:manage", body=fa.AdjustAllocation,
       response_model=fa.Accepted, summary="Adjust an allocation's amount", tags=F)
-route("GET", "/allocations/{allocation_id}", "funds", action='funds:read', summary="An allocation: amount, reserved, spent, available",
+route("GET", "/allocations/{allocation_id}", "funds", action="funds:read",
+      summary="An allocation: amount, reserved, spent, available",
       tags=F)
-route("POST", "/projects", "funds", action='funds:declare', body=fa.DeclareProject, response_model=fa.Accepted, status_code=201,
+route("POST", "/projects", "funds", action="funds:declare", body=fa.DeclareProject, response_model=fa.Accepted,
+      status_code=201,
       summary="Declare a project", tags=F)
 for _path, _model, _summary, _action in (
         ("review", fa.Review, "Record a project's review", "funds:review"),
@@ -399,22 +422,27 @@ for _path, _model, _summary, _action in (
         ("cancellation", fa.Reason, "Cancel a project", "funds:manage")):
     route("POST", f"/projects/{{project_id}}/{_path}", "funds", action=_action, body=_model, response_model=fa.Accepted,
           summary=_summary, tags=F)
-route("GET", "/projects/{project_id}", "funds", action='funds:read', summary="A project: budget, funding, committed, paid", tags=F)
-route("POST", "/disbursements", "funds", action='funds:request', body=fa.RequestDisbursement, response_model=fa.Accepted, status_code=201,
+route("GET", "/projects/{project_id}", "funds", action="funds:read",
+      summary="A project: budget, funding, committed, paid", tags=F)
+route("POST", "/disbursements", "funds", action="funds:request", body=fa.RequestDisbursement,
+      response_model=fa.Accepted, status_code=201,
       summary="Request a payment under a policy or a project", tags=F)
-route("POST", "/disbursements/{disbursement_id}/approval", "funds", action='funds:manage', body=fa.ApproveDisbursement,
+route("POST", "/disbursements/{disbursement_id}/approval", "funds", action="funds:manage", body=fa.ApproveDisbursement,
       response_model=fa.Accepted, summary="Approve a payment (reserves the amount)", tags=F)
-route("POST", "/disbursements/{disbursement_id}/payment", "funds", action='funds:pay', body=fa.PayDisbursement,
+route("POST", "/disbursements/{disbursement_id}/payment", "funds", action="funds:pay", body=fa.PayDisbursement,
       response_model=fa.Accepted, summary="Record the channel's payment", tags=F)
-route("POST", "/disbursements/{disbursement_id}/failure", "funds", action='funds:pay', body=fa.Reason, response_model=fa.Accepted,
+route("POST", "/disbursements/{disbursement_id}/failure", "funds", action="funds:pay", body=fa.Reason,
+      response_model=fa.Accepted,
       summary="Refuse a payment or record a failed attempt", tags=F)
-route("POST", "/disbursements/{disbursement_id}/reversal", "funds", action='funds:pay', body=fa.Reason, response_model=fa.Accepted,
+route("POST", "/disbursements/{disbursement_id}/reversal", "funds", action="funds:pay", body=fa.Reason,
+      response_model=fa.Accepted,
       summary="Reverse a paid payment", tags=F)
-route("GET", "/disbursements/{disbursement_id}", "funds", action='funds:read', summary="A disbursement", tags=F)
-route("POST", "/statements", "funds", action='funds:pay', query=StatementQuery, raw_body=True, status_code=201,
+route("GET", "/disbursements/{disbursement_id}", "funds", action="funds:read", summary="A disbursement", tags=F)
+route("POST", "/statements", "funds", action="funds:pay", query=StatementQuery, raw_body=True, status_code=201,
       summary="Import a payment channel's statement (CSV) and reconcile it", tags=F,
       openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {"type": "string"}}}}})
-route("GET", "/statements/{statement_id}", "funds", action='funds:read', summary="An imported statement and its exceptions", tags=F)
+route("GET", "/statements/{statement_id}", "funds", action="funds:read",
+      summary="An imported statement and its exceptions", tags=F)
 class SubsidyQuery(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -435,9 +463,10 @@ route("POST", "/subsidy-records", "funds", action=("inbound:subsidies", "funds:p
                                                                                           "format": "binary"}},
           "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
               "file": {"type": "string", "format": "binary"}}}}}}})
-route("GET", "/anomalies", "funds", action='funds:read', query=AnomalyQuery, response_model=fa.AnomalyPage,
+route("GET", "/anomalies", "funds", action="funds:read", query=AnomalyQuery, response_model=fa.AnomalyPage,
       summary="Anomalies found by the funds rules", tags=F)
-route("GET", "/policies", "funds", action=None, summary="The policy catalogue with its dated standards", tags=["reference"])
+route("GET", "/policies", "funds", action=None, summary="The policy catalogue with its dated standards",
+      tags=["reference"])
 
 
 class YearQuery(BaseModel):
@@ -450,15 +479,17 @@ class TotalsQuery(YearQuery):
     source: Literal["central", "provincial", "city", "county", "social_donation"] | None = None
 
 
-route("GET", "/allocations/{allocation_id}/balance", "funds", action='funds:read', response_model=fl.AllocationBalance,
+route("GET", "/allocations/{allocation_id}/balance", "funds", action="funds:read", response_model=fl.AllocationBalance,
       summary="An allocation's balance from the ledger", tags=["ledger"])
-route("GET", "/projects/{project_id}/budget", "funds", action='funds:read', response_model=fl.ProjectBudget,
+route("GET", "/projects/{project_id}/budget", "funds", action="funds:read", response_model=fl.ProjectBudget,
       summary="A project's budget against its payments (ledger)", tags=["ledger"])
-route("GET", "/households/{household_id}/funds", "funds", action='funds:read', query=YearQuery, response_model=fl.HouseholdFunds,
+route("GET", "/households/{household_id}/funds", "funds", action="funds:read", query=YearQuery,
+      response_model=fl.HouseholdFunds,
       summary="What a household received, by policy or project and year", tags=["ledger"])
-route("GET", "/villages/{village_code}/disclosure", "funds", action=None, query=YearQuery, response_model=fl.VillageDisclosure,
+route("GET", "/villages/{village_code}/disclosure", "funds", action=None, query=YearQuery,
+      response_model=fl.VillageDisclosure,
       summary="A village's public disclosure of projects and fund use (no personal data)", tags=["ledger"])
-route("GET", "/ledger/totals", "funds", action='funds:read', query=TotalsQuery, response_model=fl.LedgerTotals,
+route("GET", "/ledger/totals", "funds", action="funds:read", query=TotalsQuery, response_model=fl.LedgerTotals,
       summary="Ledger totals by source and year", tags=["ledger"])
 
 
@@ -469,7 +500,8 @@ class DashboardQuery(BaseModel):
     limit: int = Field(default=500, ge=1, le=5000)
 
 
-route("GET", "/dashboards/{region}", "monitoring", action='alerts:read', query=DashboardQuery, response_model=md.RegionDashboard,
+route("GET", "/dashboards/{region}", "monitoring", action="alerts:read", query=DashboardQuery,
+      response_model=md.RegionDashboard,
       summary="Households, incidence, causes, funds and review cases of a region (any level)", tags=["dashboards"])
 
 
@@ -479,11 +511,11 @@ class AttendanceBatch(BaseModel):
     items: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
 
 
-route("POST", "/attendance/batches", "monitoring", action='attendance:record', body=AttendanceBatch,
+route("POST", "/attendance/batches", "monitoring", action="attendance:record", body=AttendanceBatch,
       summary="Record an offline batch of a cadre's attendance (items answered one by one)", tags=["attendance"])
-route("GET", "/cadres/{cadre_id}/compliance/{quarter}", "monitoring", action='alerts:read',
+route("GET", "/cadres/{cadre_id}/compliance/{quarter}", "monitoring", action="alerts:read",
       summary="The duties a cadre missed in an ended quarter", tags=["attendance"])
-route("POST", "/cadres/{cadre_id}/compliance/{quarter}", "monitoring", action='alerts:manage',
+route("POST", "/cadres/{cadre_id}/compliance/{quarter}", "monitoring", action="alerts:manage",
       summary="Publish a cadre's missed duties of an ended quarter", tags=["attendance"])
 
 
@@ -500,16 +532,17 @@ class AlertQuery(BaseModel):
 
 
 A = ["alerts"]
-route("POST", "/households/{household_id}/risk-reports", "monitoring", action=('household:write', 'alerts:manage'), body=ma.RiskReport, status_code=201,
+route("POST", "/households/{household_id}/risk-reports", "monitoring", action=('household:write', 'alerts:manage'),
+      body=ma.RiskReport, status_code=201,
       summary="Report a risk for a household (the rules run at once)", tags=A)
-route("GET", "/alerts", "monitoring", action='alerts:read', query=AlertQuery, response_model=ma.AlertPage,
+route("GET", "/alerts", "monitoring", action="alerts:read", query=AlertQuery, response_model=ma.AlertPage,
       summary="Return-risk alerts by region, severity, state, rule and age", tags=A)
-route("GET", "/alerts/{alert_id}", "monitoring", action='alerts:read', summary="One alert", tags=A)
-route("POST", "/alerts/{alert_id}/acknowledgement", "monitoring", action='alerts:manage', body=ma.Acknowledge,
+route("GET", "/alerts/{alert_id}", "monitoring", action="alerts:read", summary="One alert", tags=A)
+route("POST", "/alerts/{alert_id}/acknowledgement", "monitoring", action="alerts:manage", body=ma.Acknowledge,
       summary="Acknowledge an alert", tags=A)
-route("POST", "/alerts/{alert_id}/verification-request", "monitoring", action='alerts:manage',
+route("POST", "/alerts/{alert_id}/verification-request", "monitoring", action="alerts:manage",
       summary="Request on-site verification (the workflow opens a case)", tags=A)
-route("POST", "/alerts/{alert_id}/resolution", "monitoring", action='alerts:manage', body=ma.Resolve,
+route("POST", "/alerts/{alert_id}/resolution", "monitoring", action="alerts:manage", body=ma.Resolve,
       summary="Resolve an alert", tags=A)
 
 
@@ -556,10 +589,10 @@ async def alert_stream(request: Request, query: Annotated[StreamQuery, Query()])
 SubscribeBody = ma_delivery.Subscribe
 
 
-route("POST", "/webhooks", "monitoring", action='alerts:manage', body=SubscribeBody, status_code=201,
+route("POST", "/webhooks", "monitoring", action="alerts:manage", body=SubscribeBody, status_code=201,
       summary="Subscribe an endpoint to alert events (signed; the secret is returned once)", tags=A)
-route("GET", "/webhooks", "monitoring", action='alerts:manage', summary="Webhook subscriptions", tags=A)
-route("DELETE", "/webhooks/{subscription_id}", "monitoring", action='alerts:manage', status_code=204,
+route("GET", "/webhooks", "monitoring", action="alerts:manage", summary="Webhook subscriptions", tags=A)
+route("DELETE", "/webhooks/{subscription_id}", "monitoring", action="alerts:manage", status_code=204,
       summary="Deactivate a webhook subscription", tags=A)
 # -- data exchanges -----------------------------------------------------------------------------
 
@@ -659,5 +692,5 @@ route("GET", "/cards/{household_id}/{token}", "registry", action=None, response_
       openapi_extra={"responses": {"200": {"description": "The card", "content": {
           "text/html": {}, "application/json": {}}}}})
 
-route("GET", "/webhooks/{subscription_id}/deliveries", "monitoring", action='alerts:manage',
+route("GET", "/webhooks/{subscription_id}/deliveries", "monitoring", action="alerts:manage",
       summary="A subscription's deliveries with their attempts", tags=A)
