@@ -42,6 +42,7 @@ from .kafka import ensure_topics
 from .metrics import Metrics
 
 log = logging.getLogger("eventkit.projection")
+_MAX_LINKS = 128  # the SDK's default span link limit
 tracer = trace.get_tracer("eventkit.projection")
 
 
@@ -321,35 +322,104 @@ class ProjectionRunner:
                 if epoch != self.epoch:
                     raise _EpochChanged()
                 tracked = await self._lock_tracking(conn, {m.key for m in messages})
-                for msg in messages:
-                    current = tracked[msg.key]
-                    if msg.version <= current:
-                        self.metrics.duplicates.labels(self.name).inc()
-                        continue
-                    if msg.version > current + 1:
-                        reason = f"gap: expected version {current + 1}, got {msg.version}"
-                        await self._park(conn, msg, reason)
-                        held_changed = True
-                        log.warning("projection %s: holding stream %s (%s)", self.name, msg.key, reason)
-                        continue
-                    error = await self._apply_with_retries(conn, msg)
-                    if error is not None and self.projection.strict:
-                        await self._park(conn, msg, f"failed: {error}")
-                        held_changed = True
-                        log.error("projection %s: holding stream %s at version %d: %s",
-                                  self.name, msg.key, msg.version, error)
-                        continue
-                    if error is not None:
-                        dead.append((msg, error))
-                    tracked[msg.key] = await self._drain_parked(conn, msg.key, msg.version)
-                    if tracked[msg.key] != msg.version:
-                        held_changed = True
+                parked = await self._parked_streams(conn, tracked)
+                ready = self._in_order(messages, tracked, parked)
+                if ready is not None and await self._apply_together(conn, ready):
+                    for msg in ready:
+                        tracked[msg.key] = msg.version
+                else:
+                    held_changed = await self._apply_one_by_one(conn, messages, tracked, parked, dead)
                 await self._save_tracking(conn, tracked)
                 # Dead letters are sent before the commit: at worst a retried batch sends twice.
                 for item, error in dead:
                     await self._dead_letter(item, error)
         if held_changed or dead:
             await self._refresh_held_metric()
+
+    def _in_order(self, messages: list[Message], tracked: dict[str, int], parked: set[str]
+                  ) -> list[Message] | None:
+        """The batch without its duplicates, if every remaining event follows on its stream's last
+        applied one and no stream of the batch has parked events; otherwise None."""
+        ready: list[Message] = []
+        last = dict(tracked)
+        for msg in messages:
+            if msg.version <= last[msg.key]:
+                continue
+            if msg.version != last[msg.key] + 1 or msg.key in parked:
+                return None
+            last[msg.key] = msg.version
+            ready.append(msg)
+        self.metrics.duplicates.labels(self.name).inc(len(messages) - len(ready))
+        return ready
+
+    async def _apply_together(self, conn: Any, messages: list[Message]) -> bool:
+        """The fast path: the whole batch in one savepoint, through the projection's ``apply_batch``
+        when it has one. False (and nothing written) when anything fails: the caller then applies
+        the batch event by event, with retries, parking and dead letters."""
+        if not messages:
+            return True
+        with self._process_span(messages, attempt=1) as span:
+            try:
+                async with conn.transaction():
+                    apply_batch = getattr(self.projection, "apply_batch", None)
+                    if apply_batch is not None:
+                        await apply_batch(conn, messages)
+                    else:
+                        for msg in messages:
+                            await self.projection.apply(conn, msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried event by event, where it is reported
+                span.set_attribute("tpa.batch.fallback", f"{type(exc).__name__}: {exc}"[:500])
+                log.info("projection %s: batch of %d failed (%r); applying it event by event",
+                         self.name, len(messages), exc)
+                return False
+        self.metrics.applied.labels(self.name).inc(len(messages))
+        return True
+
+    async def _apply_one_by_one(self, conn: Any, messages: list[Message], tracked: dict[str, int],
+                                parked: set[str], dead: list[tuple[Any, str]]) -> bool:
+        """Each event in its own savepoint; gaps park, failures park (strict) or dead-letter.
+        Returns whether the set of held streams may have changed."""
+        held_changed = False
+        for msg in messages:
+            current = tracked[msg.key]
+            if msg.version <= current:
+                self.metrics.duplicates.labels(self.name).inc()
+                continue
+            if msg.version > current + 1:
+                reason = f"gap: expected version {current + 1}, got {msg.version}"
+                await self._park(conn, msg, reason)
+                parked.add(msg.key)
+                held_changed = True
+                log.warning("projection %s: holding stream %s (%s)", self.name, msg.key, reason)
+                continue
+            error = await self._apply_with_retries(conn, msg)
+            if error is not None and self.projection.strict:
+                await self._park(conn, msg, f"failed: {error}")
+                parked.add(msg.key)
+                held_changed = True
+                log.error("projection %s: holding stream %s at version %d: %s",
+                          self.name, msg.key, msg.version, error)
+                continue
+            if error is not None:
+                dead.append((msg, error))
+            if msg.key in parked:
+                tracked[msg.key] = await self._drain_parked(conn, msg.key, msg.version)
+                held_changed = held_changed or tracked[msg.key] != msg.version
+            else:
+                tracked[msg.key] = msg.version
+        return held_changed
+
+    async def _parked_streams(self, conn: Any, tracked: dict[str, int]) -> set[str]:
+        """Streams of the batch with parked events. Parked rows of a stream are written and removed
+        only under its tracking row's lock, which this transaction holds: the set stays true."""
+        if not tracked:
+            return set()
+        rows = await conn.fetch(
+            "SELECT DISTINCT stream_id FROM projection_parked WHERE projection = $1 AND stream_id = ANY($2::text[])",
+            self.name, list(tracked))
+        return {r["stream_id"] for r in rows}
 
     async def _lock_tracking(self, conn: Any, streams: set[str]) -> dict[str, int]:
         if not streams:
@@ -380,19 +450,39 @@ class ProjectionRunner:
             " ON CONFLICT (projection, stream_id, version) DO UPDATE SET reason = EXCLUDED.reason",
             self.name, msg.key, msg.version, json.dumps({**msg.to_envelope(), "_origin": msg.origin()}), reason)
 
+    def _process_span(self, messages: Sequence[Message], attempt: int) -> Any:
+        """The consumer's ``process`` span of one event or a batch (OpenTelemetry messaging
+        conventions): a child of the producer's trace when the events share one trace (one
+        command's events), otherwise a new trace linked to each event's."""
+        carriers: dict[str, dict[str, str]] = {}  # traceparent -> its carrier, first seen first
+        for msg in messages:
+            carrier = {k.lower(): v.decode("ascii", "replace") for k, v in msg.headers
+                       if k.lower() in ("traceparent", "tracestate")}
+            if "traceparent" in carrier and len(carriers) < _MAX_LINKS:
+                carriers.setdefault(carrier["traceparent"], carrier)
+        parent, links = None, []
+        if len({tp.split("-")[1] if tp.count("-") == 3 else tp for tp in carriers}) == 1:
+            parent = propagate.extract(next(iter(carriers.values())))
+        else:
+            links = [trace.Link(trace.get_current_span(propagate.extract(c)).get_span_context())
+                     for c in carriers.values()]
+        first = messages[0]
+        attributes: dict[str, Any] = {
+            "messaging.system": "kafka", "messaging.operation.type": "process",
+            "messaging.destination.name": first.topic, "messaging.consumer.group.name": self.group_id(self.epoch),
+            "tpa.projection": self.name, "tpa.attempt": attempt}
+        if len(messages) == 1:
+            attributes["messaging.message.id"] = first.event_id
+        else:
+            attributes["messaging.batch.message_count"] = len(messages)
+        return tracer.start_as_current_span(f"{first.topic or first.stream_type} process", context=parent,
+                                            kind=SpanKind.CONSUMER, links=links, attributes=attributes)
+
     async def _apply_with_retries(self, conn: Any, msg: Message) -> str | None:
         """Apply in a savepoint; return None on success or the last error."""
-        parent = propagate.extract({k.lower(): v.decode() for k, v in msg.headers
-                                    if k.lower() in ("traceparent", "tracestate")})
         error = None
         for attempt in range(1, self.max_retries + 1):
-            with tracer.start_as_current_span(
-                f"{msg.topic or msg.stream_type} process", context=parent, kind=SpanKind.CONSUMER,
-                attributes={"messaging.system": "kafka", "messaging.operation.type": "process",
-                            "messaging.destination.name": msg.topic, "messaging.message.id": msg.event_id,
-                            "messaging.consumer.group.name": self.group_id(self.epoch),
-                            "tpa.projection": self.name, "tpa.attempt": attempt},
-            ) as span:
+            with self._process_span([msg], attempt) as span:
                 try:
                     async with conn.transaction():
                         await self.projection.apply(conn, msg)

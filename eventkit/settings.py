@@ -47,7 +47,7 @@ class ServiceSettings(BaseSettings):
     # How long an Idempotency-Key's first result is kept (a retry after that runs again).
     idempotency_retention_hours: float = 168.0
 
-    relay_batch_size: int = 500
+    relay_batch_size: int = 2000
     relay_poll_interval: float = 1.0
     relay_lost_data_check_interval: float = 5.0
     projection_max_retries: int = 3

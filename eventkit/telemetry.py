@@ -7,7 +7,11 @@ headers, so one trace spans gateway -> registry -> relay -> projection.
 
 The exporter is chosen by the standard variables: ``OTEL_TRACES_EXPORTER``
 (``otlp``, ``console`` or ``none``) and ``OTEL_EXPORTER_OTLP_ENDPOINT`` /
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``. With none of them set nothing is exported.
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``; the sampler by ``OTEL_TRACES_SAMPLER`` (and
+``OTEL_TRACES_SAMPLER_ARG``), default ``parentbased_always_on``. With no exporter nothing is
+recorded: spans are not sampled (unless an incoming ``traceparent`` is) and the database
+statements are not instrumented, but trace ids are still made, propagated and logged, so
+logs of one request correlate across services.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("correlation_id", default=None)
 
 _configured = False
 _instrumented = False
+_recording = False  # whether spans go anywhere
 
 
 def exporter_from_env(env: dict[str, str] | None = None) -> SpanExporter | None:
@@ -52,30 +58,36 @@ def exporter_from_env(env: dict[str, str] | None = None) -> SpanExporter | None:
 
 def setup_tracing(service_name: str, exporter: SpanExporter | None = None, *, processor: Any = None) -> None:
     """Install the process-wide tracer provider once (first caller wins)."""
-    global _configured
+    global _configured, _recording
     if _configured:
         return
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", f"tpa-{service_name}")})
-    provider = TracerProvider(resource=resource)
+    if processor is None:
+        exporter = exporter if exporter is not None else exporter_from_env()
+        processor = BatchSpanProcessor(exporter) if exporter is not None else None
+    _recording = processor is not None
+    # With nowhere to send spans, record none unless the caller's trace is sampled: a span per
+    # statement and per Kafka record costs a third of the CPU of a bulk path (docs/performance.md).
+    sampler = None if _recording or os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(ALWAYS_OFF)
+    provider = TracerProvider(resource=resource, sampler=sampler)
     if processor is not None:
         provider.add_span_processor(processor)
-    else:
-        exporter = exporter if exporter is not None else exporter_from_env()
-        if exporter is not None:
-            provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _configured = True
 
 
 def instrument_libraries() -> None:
-    """Auto-instrument asyncpg and httpx (FastAPI apps are instrumented per app)."""
+    """Auto-instrument httpx (it carries ``traceparent`` to the next service) and, when spans
+    are exported, asyncpg (FastAPI apps are instrumented per app)."""
     global _instrumented
     if _instrumented:
         return
-    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-    AsyncPGInstrumentor().instrument()
+    if _recording:
+        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+        AsyncPGInstrumentor().instrument()
     HTTPXClientInstrumentor().instrument()
     _instrumented = True
 

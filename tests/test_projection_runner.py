@@ -199,3 +199,35 @@ async def test_a_dead_lettered_event_releases_the_events_parked_behind_it(setup,
         assert await runner.held_streams() == []
         dead = await wait_until(lambda: _len(read_topic(infra.bootstrap_servers, dlq_topic(topic)), 1))
         assert dict(dead[0].headers)["tpa_original_topic"] == topic.encode()
+
+
+class BatchTally(Tally):
+    """A Tally that also applies whole batches; it records the size of every batch it was given."""
+
+    def __init__(self, name: str, topic: str, poison: set[tuple[str, int]] = frozenset()) -> None:
+        super().__init__(name, topic, poison)
+        self.batches: list[int] = []
+
+    async def apply_batch(self, conn: Any, messages) -> None:
+        self.batches.append(len(messages))
+        for message in messages:  # the same rows as apply, and the same failures
+            await self.apply(conn, message)
+
+
+async def test_a_batch_is_applied_together_and_a_failing_one_event_by_event(setup, pool, infra, unique):
+    topic = setup
+    metrics = Metrics("monitoring")
+    projection = BatchTally("tally", topic, poison={("x", 7)})
+    # Sent before the runner starts, so that they arrive in batches of several events.
+    await send(infra, topic, [(s, v, v) for v in range(1, 21) for s in ("w", "x", "y")])
+    runner = runner_for(projection, pool, infra, unique, metrics)
+    async with background(runner.run()):
+        await wait_until(lambda: _is(tally(pool, "w"), (210, list(range(1, 21)))))
+        await wait_until(lambda: _is(tally(pool, "y"), (210, list(range(1, 21)))))
+        # The batch holding x v7 failed as a whole and was applied event by event: x v7 was
+        # dead-lettered, the rest of its batch applied once.
+        await wait_until(lambda: _is(tally(pool, "x"), (203, [v for v in range(1, 21) if v != 7])))
+        dead = await wait_until(lambda: _len(read_topic(infra.bootstrap_servers, dlq_topic(topic)), 1))
+    assert [dict(r.headers)["tpa_error"] for r in dead] == [b"ValueError: cannot apply x v7"]
+    assert max(projection.batches) > 1  # batches were applied together
+    assert metrics.applied.labels("tally")._value.get() == 59
