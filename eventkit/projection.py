@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, Sequence
@@ -38,6 +39,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from contracts.topics import dlq_topic
 
+from . import telemetry
 from .kafka import ensure_topics
 from .metrics import Metrics
 
@@ -454,6 +456,8 @@ class ProjectionRunner:
         """The consumer's ``process`` span of one event or a batch (OpenTelemetry messaging
         conventions): a child of the producer's trace when the events share one trace (one
         command's events), otherwise a new trace linked to each event's."""
+        if not telemetry.recording():
+            return nullcontext(trace.INVALID_SPAN)
         carriers: dict[str, dict[str, str]] = {}  # traceparent -> its carrier, first seen first
         for msg in messages:
             carrier = {k.lower(): v.decode("ascii", "replace") for k, v in msg.headers

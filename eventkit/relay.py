@@ -31,6 +31,7 @@ from opentelemetry.trace import SpanKind
 
 from contracts import topics as ct
 
+from . import telemetry
 from .events import RecordedEvent
 from .kafka import ensure_topics
 from .store import NOTIFY_CHANNEL, EventStore
@@ -308,27 +309,35 @@ class Relay:
                 continue
             await self._publish_batch(producer, events)
 
+    @staticmethod
+    def _publish_span(topic: str, ev: RecordedEvent) -> dict[str, str]:
+        """A producer span per record, child of the command's trace; returns its context."""
+        parent = propagate.extract({k: v for k in ("traceparent", "tracestate") if (v := ev.metadata.get(k))})
+        carrier: dict[str, str] = {}
+        with tracer.start_as_current_span(
+            f"{topic} publish", context=parent, kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": topic,
+                "messaging.message.id": str(ev.event_id),
+                "messaging.kafka.message.key": ev.stream_id,
+                "tpa.global_position": ev.global_position,
+            },
+        ):
+            propagate.inject(carrier)
+        return carrier
+
     async def _publish_batch(self, producer: AIOKafkaProducer, events: list[RecordedEvent]) -> None:
         await self._ensure_topics({ct.topic_name(self.service, e.stream_type) for e in events})
         futures = []
+        traced = telemetry.recording()
         for ev in events:
             topic = ct.topic_name(self.service, ev.stream_type)
-            parent = propagate.extract(
-                {k: v for k in ("traceparent", "tracestate") if (v := ev.metadata.get(k))}
-            )
-            with tracer.start_as_current_span(
-                f"{topic} publish", context=parent, kind=SpanKind.PRODUCER,
-                attributes={
-                    "messaging.system": "kafka",
-                    "messaging.operation.type": "publish",
-                    "messaging.destination.name": topic,
-                    "messaging.message.id": str(ev.event_id),
-                    "messaging.kafka.message.key": ev.stream_id,
-                    "tpa.global_position": ev.global_position,
-                },
-            ):
-                carrier: dict[str, str] = {}
-                propagate.inject(carrier)
+            if traced:
+                carrier = self._publish_span(topic, ev)
+            else:  # nothing recorded: pass the command's own trace context on
+                carrier = {k: v for k in ("traceparent", "tracestate") if (v := ev.metadata.get(k))}
             value = json.dumps(ev.envelope(self.source), ensure_ascii=False,
                                separators=(",", ":")).encode()
             fut = await producer.send(

@@ -110,20 +110,25 @@ class EventStore:
         metadata: Metadata | None = None,
         *,
         conn: Any = None,
+        returning: bool = True,
     ) -> list[RecordedEvent]:
-        """Append to several streams atomically (all or nothing)."""
+        """Append to several streams atomically (all or nothing).
+
+        ``returning=False`` does not read the recorded events back and returns an empty list
+        (a bulk write that does not need them saves the transfer and the decoding).
+        """
         appends = [a for a in appends if a.events]
         if not appends:
             return []
         if conn is None:
             async with self._pool.acquire() as own:
                 async with own.transaction():
-                    return await self._append(own, appends, metadata or Metadata())
+                    return await self._append(own, appends, metadata or Metadata(), returning)
         async with conn.transaction():  # a savepoint inside the caller's transaction
-            return await self._append(conn, appends, metadata or Metadata())
+            return await self._append(conn, appends, metadata or Metadata(), returning)
 
     async def _append(
-        self, conn: Any, appends: list[StreamAppend], metadata: Metadata
+        self, conn: Any, appends: list[StreamAppend], metadata: Metadata, returning: bool = True
     ) -> list[RecordedEvent]:
         meta_json = json.dumps(_current_trace_metadata(metadata))
         total = sum(len(a.events) for a in appends)
@@ -169,19 +174,21 @@ class EventStore:
                 cols["data"].append(json.dumps(ev.data, ensure_ascii=False))
                 cols["occ"].append(occurred_at)
                 position += 1
-        inserted = await conn.fetch(
+        inserted = await (conn.fetch if returning else conn.execute)(
             f"INSERT INTO events ({_COLUMNS})"
             " SELECT p, i, s, st, v, et, sv, d::jsonb, $9::jsonb, o, clock_timestamp()"
             " FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::int[],"
             "             $6::text[], $7::int[], $8::text[], $10::timestamptz[])"
             "      AS t(p, i, s, st, v, et, sv, d, o)"
-            f" RETURNING {_COLUMNS}",
+            + (f" RETURNING {_COLUMNS}" if returning else ""),
             cols["pos"], cols["id"], cols["sid"], cols["stype"], cols["ver"],
             cols["etype"], cols["sver"], cols["data"], meta_json, cols["occ"],
         )
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(last))
         if self._on_append is not None:
             self._on_append(total)
+        if not returning:
+            return []
         return sorted((_row_to_event(r) for r in inserted), key=lambda e: e.global_position)
 
     async def read_stream(

@@ -76,6 +76,11 @@ def setup_tracing(service_name: str, exporter: SpanExporter | None = None, *, pr
     _configured = True
 
 
+def recording() -> bool:
+    """Whether spans are exported anywhere (false until ``setup_tracing`` installs an exporter)."""
+    return _recording
+
+
 def instrument_libraries() -> None:
     """Auto-instrument httpx (it carries ``traceparent`` to the next service) and, when spans
     are exported, asyncpg (FastAPI apps are instrumented per app)."""
