@@ -2,8 +2,8 @@
 
 Each run: a fresh registry database with its migrations and the dataset's region rows (not
 timed), then ``importer.import_file`` on every generated file in a fresh process, exactly as
-``tpa import households`` calls it (all or nothing, batches of 50 households per transaction,
-one savepoint per household). Timed: parse + validate + write of all files.
+``tpa import households`` calls it (all or nothing, batches of 500 households per transaction,
+each written in bulk). Timed: parse + validate + write of all files.
 
 Limit: the event rows that import wrote, dumped with ``COPY ... TO STDOUT (FORMAT binary)`` (not
 timed) and loaded with ``COPY ... FROM STDIN (FORMAT binary)`` into an empty table

@@ -122,7 +122,7 @@ async def import_files(args: dict[str, Any]) -> dict[str, Any]:
 
                 started = time.perf_counter()
                 report = await importer.import_file(registry, pool, data, file_name=Path(path).name,
-                                                    actor="cli:bench", batch_size=args.get("batch_size", 50),
+                                                    actor="cli:bench", batch_size=args.get("batch_size", importer.BATCH_SIZE),
                                                     progress=progress, max_bytes=None)
                 ended = time.perf_counter()
                 total += ended - started

@@ -742,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--skip-invalid", action="store_true",
                    help="import the valid households and report the others (default: all or nothing)")
     i.add_argument("--report", metavar="ERRORS_CSV", help="write the errors to this CSV file")
-    i.add_argument("--batch-size", type=int, default=50, help="households per transaction")
+    i.add_argument("--batch-size", type=int, default=500, help="households per transaction")
     i.set_defaults(func=cmd_import)
 
     p = sub.add_parser("demo-data", help="generate a synthetic county register as an import file (and load it)")
@@ -757,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load", action="store_true",
                    help="also import the generated file(s) into the registry database")
     p.add_argument("--skip-invalid", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--batch-size", type=int, default=50, help=argparse.SUPPRESS)
+    p.add_argument("--batch-size", type=int, default=500, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("bench", help="run the benchmarks (bench/README.md; `tpa bench --help`)", add_help=False,

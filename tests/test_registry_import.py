@@ -19,7 +19,11 @@ import openpyxl
 import pytest
 
 from eventkit import migrations as mig
+from eventkit.events import Metadata
+from eventkit.store import EventStore
 from services.registry import importer
+from services.registry.commands import MemberInput, Registry
+from services.registry.domain import DomainError
 
 from .conftest import village_code
 from .harness import TEST_HMAC_KEY, ActAs, running_platform
@@ -380,14 +384,21 @@ async def test_a_household_failing_at_write_time_is_rolled_back_alone(registry, 
     original = reg.register_household
     failing = importer.household_id_for(village, "002")
 
+    original_bulk = reg.register_households
+
     async def register(conn, **kwargs):
         out = await original(conn, **kwargs)  # written, then the household fails: its savepoint rolls back
         if kwargs["household_id"] == failing:
-            from services.registry.domain import DomainError
             raise DomainError("boom", "refused at write time", field="members[1].name")
         return out
 
+    async def register_households(conn, registrations, meta):
+        await original_bulk(conn, registrations, meta)  # written, then the batch fails: all of it rolls back
+        if any(household.id == failing for household, _ in registrations):
+            raise DomainError("boom", "refused at write time")
+
     monkeypatch.setattr(reg, "register_household", register)
+    monkeypatch.setattr(reg, "register_households", register_households)
     households = [household_row(n, village) for n in ("001", "002", "003")]
     members = [member_row(n, village, f"户主{n}", date(1970, 1, int(n)), "head") for n in ("001", "002", "003")]
     members.insert(2, member_row("002", village, "配偶", date(1971, 1, 1), "10", male=False))
@@ -402,3 +413,159 @@ async def test_a_household_failing_at_write_time_is_rolled_back_alone(registry, 
     assert streams == {importer.household_id_for(village, "001"), importer.household_id_for(village, "003")}
     assert await runtime.pool.fetchval("SELECT count(*) FROM person_vault") == 2
     assert await runtime.pool.fetchval("SELECT count(*) FROM active_persons") == 2
+
+
+# -- bulk writes --------------------------------------------------------------------------
+
+async def registry_database(databases, village: str) -> tuple[Any, Registry]:
+    """A fresh registry database (migrations, the village): its pool and a Registry on it."""
+    from eventkit.settings import load_settings
+    from services.registry.app import build
+
+    dsn = await databases()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await mig.apply(conn, build(load_settings("registry", database_url=dsn,
+                                                  id_hmac_key=TEST_HMAC_KEY)).migrations())
+        await seed_village(conn, village)
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    return pool, Registry(EventStore(pool), TEST_HMAC_KEY.encode())
+
+
+def varied_households(village: str) -> tuple[list[dict], list[dict]]:
+    """Households with and without the optional facts (poverty causes, income, cadre, coordinates)."""
+    households, members = two_households(village)
+    households += [household_row("003", village, primary_cause="disability"),
+                   household_row("004", village, income_year=2022, wage_income=1000),
+                   household_row("005", village, cadre_id="cadre-9", cadre_unit="乡政府", latitude=35.5,
+                                 longitude=104.1),
+                   household_row("006", village)]
+    members += [member_row("003", village, "赵一", date(1960, 3, 4), "head"),
+                member_row("004", village, "钱二", date(1961, 4, 5), "head", male=False),
+                member_row("004", village, "钱三", date(1990, 6, 7), "20"),
+                member_row("005", village, "孙四", date(1955, 7, 8), "head", phone="0931-8123456"),
+                member_row("006", village, "李五", date(1948, 9, 10), "head"),
+                member_row("006", village, "李六", date(1950, 10, 11), "10", male=False)]
+    return households, members
+
+
+async def written(pool: Any) -> dict[str, Any]:
+    """What an import wrote, with the random parts (event ids, member ids, times) left out: member
+    ids become their order of appearance in the events."""
+    events = await pool.fetch("SELECT stream_id, stream_type, version, event_type, schema_version, data::text,"
+                              " metadata::text, occurred_at FROM events ORDER BY global_position")
+    positions = await pool.fetch("SELECT global_position FROM events ORDER BY global_position")
+    assert [r["global_position"] for r in positions] == list(range(1, len(positions) + 1))  # gap-free
+    members: dict[str, str] = {}
+
+    def name(member_id: str) -> str:
+        return members.setdefault(member_id, f"member-{len(members)}")
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: name(v) if k.endswith("member_id") and v else scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        return value
+
+    out: dict[str, Any] = {"events": [{**dict(r), "data": scrub(json.loads(r["data"])),
+                                       "metadata": json.loads(r["metadata"])} for r in events]}
+    vault = await pool.fetch("SELECT member_id::text, household_id::text, id_hmac, id_number, name, phone,"
+                             " erased_at FROM person_vault")
+    out["vault"] = sorted((name(r["member_id"]), *list(r.values())[1:]) for r in vault)
+    active = await pool.fetch("SELECT id_hmac, household_id::text, member_id::text FROM active_persons")
+    out["active_persons"] = sorted((r["id_hmac"], r["household_id"], name(r["member_id"])) for r in active)
+    return out
+
+
+def report_of(report: importer.ImportReport) -> dict[str, Any]:
+    body = report.to_json()
+    for key in ("started_at", "finished_at"):
+        body.pop(key)
+    return body
+
+
+async def test_bulk_writes_exactly_what_writing_one_household_at_a_time_writes(databases):
+    village = village_code()
+    households, members = varied_households(village)
+    data = importer.write_file("csv", households, members)
+    import_id = "7b0c1a52-6f55-4d7e-9a61-3f4b2a1c0d9e"
+    results = []
+    for bulk in (True, False):
+        pool, registry = await registry_database(databases, village)
+        bulk_writes: list[int] = []
+        original_bulk = registry.register_households
+
+        async def register_households(conn, registrations, meta, original_bulk=original_bulk,
+                                      bulk_writes=bulk_writes):
+            await original_bulk(conn, registrations, meta)
+            bulk_writes.append(len(registrations))
+
+        registry.register_households = register_households
+        try:
+            report = await importer.import_file(registry, pool, data, file_name="v.csv", actor="cli:test",
+                                                batch_size=4, import_id=import_id, bulk=bulk)
+            assert report.status == "imported" and report.households_imported == 6, report.summary()
+            assert bulk_writes == ([4, 2] if bulk else [])
+            results.append((report_of(report), await written(pool)))
+        finally:
+            await pool.close()
+    (bulk_report, bulk_rows), (one_report, one_rows) = results
+    assert bulk_report == one_report
+    assert len(bulk_rows["events"]) == 24 and len(bulk_rows["vault"]) == 10 == len(bulk_rows["active_persons"])
+    assert bulk_rows == one_rows
+
+
+async def test_a_batch_with_a_household_that_fails_at_write_time_imports_its_other_households(
+        databases, monkeypatch):
+    village = village_code()
+    households, members = varied_households(village)
+    pool, registry = await registry_database(databases, village)
+    original_validate = importer.validate
+    claimed = members[3]  # 王桂兰, the only member of household 002 (households row 3)
+
+    async def validate(parsed, conn=None, **kwargs):
+        result = await original_validate(parsed, conn, **kwargs)  # the file is valid; then, before the write:
+        async with pool.acquire() as other, other.transaction():
+            # ... the person of household 002 is registered in another household ...
+            await registry.register_household(
+                other, village_code=village, address=None, attribute="general", identification_standard="national",
+                registered_on=None, members=[MemberInput(claimed["name"], claimed["id_number"], "head")],
+                meta=Metadata(actor="test"))
+            # ... and household 006 is imported by someone else.
+            await registry.register_household(
+                other, village_code=village, address=None, attribute="general", identification_standard="national",
+                registered_on=None, household_id=importer.household_id_for(village, "006"),
+                members=[MemberInput(m["name"], m["id_number"], m["relation"]) for m in members[-2:]],
+                meta=Metadata(actor="test"))
+        return result
+
+    bulk_writes: list[int] = []
+    original_bulk = registry.register_households
+
+    async def register_households(conn, registrations, meta):
+        bulk_writes.append(len(registrations))
+        await original_bulk(conn, registrations, meta)
+
+    monkeypatch.setattr(importer, "validate", validate)
+    monkeypatch.setattr(registry, "register_households", register_households)
+    try:
+        data = importer.write_file("xlsx", households, members)
+        report = await importer.import_file(registry, pool, data, file_name="v.xlsx", batch_size=3)
+        assert bulk_writes == [3, 3]  # both batches tried in bulk, both written one by one
+        assert report.status == "partial", report.summary()
+        assert report.households_imported == 4 and report.members_imported == 7
+        assert report.households_skipped == 1 and report.members_skipped == 1
+        assert [(e.sheet, e.row, e.column, e.code) for e in report.errors] == [
+            ("households", 3, None, "duplicate_person")]
+        assert report.households_already_imported == 1
+        assert [a["household_no"] for a in report.already_imported] == ["006"]
+        imported = {importer.household_id_for(village, n) for n in ("001", "003", "004", "005")}
+        streams = {r["stream_id"] for r in await pool.fetch("SELECT DISTINCT stream_id FROM events")}
+        assert imported <= streams and importer.household_id_for(village, "002") not in streams
+        assert await pool.fetchval("SELECT count(*) FROM person_vault") == 7 + 1 + 2
+        assert await pool.fetchval("SELECT count(*) FROM active_persons") == 7 + 1 + 2
+    finally:
+        await pool.close()

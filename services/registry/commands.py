@@ -12,14 +12,14 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Any
+from typing import Any, Sequence
 
 import asyncpg
 import pydantic
 
 from eventkit.aggregate import Repository
 from eventkit.events import Metadata, RecordedEvent
-from eventkit.store import EventStore
+from eventkit.store import NO_STREAM, EventStore, StreamAppend
 
 from . import changes, identity, regions
 from .domain import DomainError, Household, Village
@@ -99,9 +99,7 @@ class Registry:
                                   409, household_id=holder, id_masked=m["id_masked"])
         try:
             async with conn.transaction():
-                await conn.executemany(
-                    "INSERT INTO active_persons (id_hmac, household_id, member_id) VALUES ($1, $2, $3)",
-                    [(m["id_hmac"], household_id, m["member_id"]) for m in members])
+                await conn.execute(_CLAIM_INSERT, *_columns(_claim_rows(household_id, members)))
         except asyncpg.UniqueViolationError:
             # A concurrent registration claimed one of the persons first (we waited for it).
             for m in members:
@@ -110,10 +108,7 @@ class Registry:
                     raise DomainError("duplicate_person", f"{m['id_masked']} already belongs to household {holder}",
                                       409, household_id=holder, id_masked=m["id_masked"]) from None
             raise
-        await conn.executemany(
-            "INSERT INTO person_vault (member_id, household_id, id_hmac, id_number, name, phone)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
-            [(m["member_id"], household_id, m["id_hmac"], *m["_vault"]) for m in members])
+        await conn.execute(_VAULT_INSERT, *_columns(_vault_rows(household_id, members)))
 
     # -- commands ---------------------------------------------------------------------
 
@@ -122,18 +117,54 @@ class Registry:
         identification_standard: str, registered_on: date | None, members: list[MemberInput],
         meta: Metadata, status: str = "applicant", household_id: str | None = None,
     ) -> tuple[Household, list[RecordedEvent]]:
-        try:
-            await regions.require_village(conn, village_code)
-        except regions.RegionError as exc:
-            raise DomainError("unknown_village", str(exc), field="village_code") from exc
+        await _require_village(conn, village_code)
+        household, persons = self.new_household(
+            village_code=village_code, address=address, attribute=attribute,
+            identification_standard=identification_standard, registered_on=registered_on, members=members,
+            status=status, household_id=household_id)
+        await self._enrol(conn, household.id, persons)
+        recorded = await self.households.save(household, meta, conn=conn)
+        return household, recorded
+
+    def new_household(
+        self, *, village_code: str, address: str | None, attribute: str, identification_standard: str,
+        registered_on: date | None, members: list[MemberInput], status: str = "applicant",
+        household_id: str | None = None,
+    ) -> tuple[Household, list[dict[str, Any]]]:
+        """Validate the persons and raise the registration's events (no I/O): the household, with
+        them pending, and its persons (with their vault data) for ``register_households``."""
         persons = [self.person(m, i) for i, m in enumerate(members)]
         household = Household(household_id or str(uuid.uuid4()))
         household.register(village_code=village_code, address=address, attribute=attribute,
                            identification_standard=identification_standard, registered_on=registered_on,
                            status=status, members=[_public(p) for p in persons])
-        await self._enrol(conn, household.id, persons)
-        recorded = await self.households.save(household, meta, conn=conn)
-        return household, recorded
+        return household, persons
+
+    async def register_households(self, conn: Any, registrations: Sequence[tuple[Household, list[dict[str, Any]]]],
+                                  meta: Metadata) -> None:
+        """Write new households (from ``new_household``, with any further pending events) in bulk: one
+        statement for the one-person-one-household index, one for the vault and one append for all
+        the events (one stream per household, which must not exist yet).
+
+        Unlike ``register_household`` it does not look each person up first: a person active in
+        another household (or listed twice) violates ``active_persons``' key and a household already
+        registered fails the store's version check. The caller rolls the whole batch back then and
+        registers the households one by one to learn which failed and why.
+        """
+        if not registrations:
+            return
+        for code in sorted({h.village_code for h, _ in registrations}):
+            await _require_village(conn, code)
+        await conn.execute(_CLAIM_INSERT, *_columns(
+            row for h, persons in registrations for row in _claim_rows(h.id, persons)))
+        await conn.execute(_VAULT_INSERT, *_columns(
+            row for h, persons in registrations for row in _vault_rows(h.id, persons)))
+        # The events are not read back: an import does not need them (and saves their transfer).
+        await self.store.append_streams(
+            [StreamAppend(h.id, h.stream_type, NO_STREAM, h.pending) for h, _ in registrations], meta, conn=conn,
+            returning=False)
+        for h, _ in registrations:
+            h.version, h.pending = len(h.pending), []
 
     async def load(self, conn: Any, household_id: str, expected_version: int | None) -> Household:
         household = await self.households.load(household_id, conn=conn)
@@ -285,3 +316,32 @@ def _refusal(exc: Exception) -> str:
 
 def _public(person: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in person.items() if not k.startswith("_")}
+
+
+async def _require_village(conn: Any, village_code: str) -> None:
+    try:
+        await regions.require_village(conn, village_code)
+    except regions.RegionError as exc:
+        raise DomainError("unknown_village", str(exc), field="village_code") from exc
+
+
+# Persons' rows, inserted from one array per column (any number of rows in one statement).
+_CLAIM_INSERT = ("INSERT INTO active_persons (id_hmac, household_id, member_id)"
+                 " SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[])")
+_VAULT_INSERT = ("INSERT INTO person_vault (member_id, household_id, id_hmac, id_number, name, phone)"
+                 " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[])")
+
+
+def _claim_rows(household_id: str, persons: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """``active_persons`` rows (id_hmac, household_id, member_id) of a household's persons."""
+    return [(p["id_hmac"], household_id, p["member_id"]) for p in persons]
+
+
+def _vault_rows(household_id: str, persons: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """``person_vault`` rows (member_id, household_id, id_hmac, id_number, name, phone)."""
+    return [(p["member_id"], household_id, p["id_hmac"], *p["_vault"]) for p in persons]
+
+
+def _columns(rows: Any) -> list[list[Any]]:
+    """Rows as columns (the arrays of an ``unnest`` insert)."""
+    return [list(column) for column in zip(*rows)]
