@@ -29,7 +29,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Sequence
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,6 +51,7 @@ from eventkit.telemetry import correlation_id
 
 from .alerts import Alert, OverdueLimits
 from .attendance import china_date
+from .projections import unnest_columns
 from .rules import (
     CadreReport, Thresholds, evaluate, finding_id, fold_risk_facts, medical_costs_from_disbursements, most_severe,
     suggested_object_type,
@@ -107,40 +108,66 @@ class Alerts:
         return recorded
 
     async def facts(self, conn: Any, household_id: str):
-        rows = await conn.fetch("SELECT event_type, data FROM mon_risk_events WHERE household_id = $1 ORDER BY version",
-                                household_id)
-        if not rows:
-            return None
-        events = [(r["event_type"], _json(r["data"])) for r in rows]
-        medical = [("DisbursementRequested", _json(r["data"])) for r in await conn.fetch(
-            "SELECT data FROM mon_medical_requests WHERE household_id = $1 ORDER BY position", household_id)]
-        reports = [_json(r["data"]) for r in await conn.fetch(
-            "SELECT data FROM mon_reports WHERE household_id = $1 ORDER BY report_id", household_id)]
-        return fold_risk_facts(events, medical_costs=medical_costs_from_disbursements(
-            medical, self.thresholds.medical.policy_codes, household_id), reports=reports)
+        return (await self.facts_of(conn, [household_id])).get(household_id)
+
+    async def facts_of(self, conn: Any, household_ids: Sequence[str]) -> dict[str, Any]:
+        """The risk facts of each household that has registry events (three queries for all)."""
+        ids = list(household_ids)
+        events: dict[str, list[tuple[str, Any]]] = {}
+        for r in await conn.fetch("SELECT household_id, event_type, data FROM mon_risk_events"
+                                  " WHERE household_id = ANY($1::text[]) ORDER BY household_id, version", ids):
+            events.setdefault(r["household_id"], []).append((r["event_type"], _json(r["data"])))
+        medical: dict[str, list[tuple[str, Any]]] = {}
+        for r in await conn.fetch("SELECT household_id, data FROM mon_medical_requests"
+                                  " WHERE household_id = ANY($1::text[]) ORDER BY household_id, position", ids):
+            medical.setdefault(r["household_id"], []).append(("DisbursementRequested", _json(r["data"])))
+        reports: dict[str, list[Any]] = {}
+        for r in await conn.fetch("SELECT household_id, data FROM mon_reports"
+                                  " WHERE household_id = ANY($1::text[]) ORDER BY household_id, report_id", ids):
+            reports.setdefault(r["household_id"], []).append(_json(r["data"]))
+        return {hid: fold_risk_facts(evs, medical_costs=medical_costs_from_disbursements(
+                    medical.get(hid, ()), self.thresholds.medical.policy_codes, hid), reports=reports.get(hid, ()))
+                for hid, evs in events.items()}
 
     async def evaluate_household(self, conn: Any, household_id: str, meta: Metadata,
                                  trigger_event_id: str | None = None) -> list[str]:
         """Run the rules over the household's facts; raise an alert per new finding. Returns the new alert ids."""
-        facts = await self.facts(conn, household_id)
-        if facts is None:
-            return []
+        raised = await self.evaluate_households(conn, {household_id: (meta, trigger_event_id)})
+        return raised.get(household_id, [])
+
+    async def evaluate_households(self, conn: Any, triggers: Mapping[str, tuple[Metadata, str | None]]
+                                  ) -> dict[str, list[str]]:
+        """``evaluate_household`` for each household of ``triggers`` (household -> metadata of its alerts
+        and the id of the event that triggered the evaluation), in that order, with the facts, the
+        findings already raised and the open alerts read in a few queries for all of them. Returns
+        the new alert ids of each household that raised any."""
+        all_facts = await self.facts_of(conn, list(triggers))
         now = self.clock.now()
-        raised = []
-        for finding in most_severe(evaluate(facts, self.thresholds, china_date(now))).values():
-            fid = finding_id(household_id, finding)
-            if await conn.fetchval("SELECT 1 FROM mon_findings WHERE finding_id = $1", fid):
-                continue
-            if await conn.fetchval("SELECT 1 FROM mon_alerts WHERE household_id = $1 AND risk = $2 AND is_open",
-                                   household_id, finding.risk):
-                continue  # the same risk is already open for the household
-            alert = Alert(str(uuid.uuid4()))
-            alert.raise_(finding, household_id, facts.village_code, now,
-                         object_type=suggested_object_type(facts, finding),
-                         evidence_event_ids=[trigger_event_id] if trigger_event_id else None)
-            await self.save(conn, alert, meta, fid)
-            await conn.execute("INSERT INTO mon_findings (finding_id, alert_id) VALUES ($1, $2)", fid, alert.id)
-            raised.append(alert.id)
+        today = china_date(now)
+        findings = {hid: [(finding_id(hid, f), f) for f in most_severe(evaluate(facts, self.thresholds, today))
+                          .values()] for hid, facts in all_facts.items()}
+        candidates = [fid for found in findings.values() for fid, _ in found]
+        if not candidates:
+            return {}
+        known = {r["finding_id"] for r in await conn.fetch(
+            "SELECT finding_id FROM mon_findings WHERE finding_id = ANY($1::text[])", candidates)}
+        open_risks = {(r["household_id"], r["risk"]) for r in await conn.fetch(
+            "SELECT household_id, risk FROM mon_alerts WHERE household_id = ANY($1::text[]) AND is_open",
+            [hid for hid, found in findings.items() if found])}
+        raised: dict[str, list[str]] = {}
+        for hid, (meta, trigger_event_id) in triggers.items():
+            facts = all_facts.get(hid)
+            for fid, finding in findings.get(hid, ()):
+                if fid in known or (hid, finding.risk) in open_risks:
+                    continue  # raised before, or the same risk is already open for the household
+                alert = Alert(str(uuid.uuid4()))
+                alert.raise_(finding, hid, facts.village_code, now, object_type=suggested_object_type(facts, finding),
+                             evidence_event_ids=[trigger_event_id] if trigger_event_id else None)
+                await self.save(conn, alert, meta, fid)
+                await conn.execute("INSERT INTO mon_findings (finding_id, alert_id) VALUES ($1, $2)", fid, alert.id)
+                known.add(fid)
+                open_risks.add((hid, finding.risk))
+                raised.setdefault(hid, []).append(alert.id)
         return raised
 
     async def escalate_overdue(self, pool: Any, limit: int = 500) -> int:
@@ -170,7 +197,24 @@ def _json(value: Any) -> Any:
 
 
 class RiskFacts:
-    """Registry household events and funds medical-cost requests, per household; the rules run on each."""
+    """Registry household events and funds medical-cost requests, per household; the rules run on each.
+
+    ``apply`` stores the event's facts and evaluates its household at once (it is ``apply_batch`` of
+    one event). ``apply_batch`` stores the facts of the whole batch in two statements, then evaluates
+    each household of the batch once, over its facts after all of them, with the household's last
+    event of the batch (a registry event or a medical-cost request) as the alerts' trigger (evidence
+    and causation).
+
+    Alerts are about a household's current facts, so the evaluation at the end of a batch is the one
+    that matters: a finding that held only between two events of one batch (an income below the
+    threshold corrected by the next assessment, a labourer removed and another one added, housing
+    lost and secured again, a status in scope for a moment) raises no alert, where evaluating after
+    every event would raise one about a state that is already gone (typically while catching up
+    on months of history); and of two findings of one risk that follow each other in a batch, the
+    later one (the current evidence) raises the alert, where evaluating after every event raises the
+    earlier one and then skips the later one while that alert is open. A finding that holds at the
+    end of a batch raises its alert as before, unless an alert of its risk is open or it was raised.
+    """
 
     name = "risk-facts"
     topics = (HOUSEHOLD_TOPIC, DISBURSEMENT_TOPIC)
@@ -180,24 +224,39 @@ class RiskFacts:
         self.alerts = alerts  # bound at start
 
     async def apply(self, conn: Any, message: Message) -> None:
+        await self.apply_batch(conn, [message])
+
+    async def apply_batch(self, conn: Any, messages: Sequence[Message]) -> None:
         assert self.alerts is not None, "RiskFacts is not bound"
-        if message.stream_type == "household":
+        events: list[tuple[Any, ...]] = []
+        medical: list[tuple[Any, ...]] = []
+        triggers: dict[str, Message] = {}  # household -> its last event of the batch
+        for m in messages:
+            if m.stream_type == "household":
+                events.append((m.stream_id, m.version, m.event_type, json.dumps(m.data, ensure_ascii=False)))
+                household_id = m.stream_id
+            elif m.event_type == "DisbursementRequested" and m.data.get("cost_basis") is not None:
+                household_id = m.data["household_id"]
+                medical.append((m.stream_id, household_id, m.global_position, json.dumps(
+                    {**m.data, "disbursement_id": m.stream_id}, ensure_ascii=False)))
+            else:
+                continue
+            triggers.pop(household_id, None)  # evaluated in the order of their last events
+            triggers[household_id] = m
+        if events:
             await conn.execute(
-                "INSERT INTO mon_risk_events (household_id, version, event_type, data) VALUES ($1, $2, $3, $4::jsonb)"
-                " ON CONFLICT DO NOTHING", message.stream_id, message.version, message.event_type,
-                json.dumps(message.data, ensure_ascii=False))
-            household_id = message.stream_id
-        elif message.event_type == "DisbursementRequested" and message.data.get("cost_basis") is not None:
-            household_id = message.data["household_id"]
+                "INSERT INTO mon_risk_events (household_id, version, event_type, data) SELECT h, v, t, d::jsonb"
+                " FROM unnest($1::text[], $2::int[], $3::text[], $4::text[]) AS e(h, v, t, d) ON CONFLICT DO NOTHING",
+                *unnest_columns(events))
+        if medical:
             await conn.execute(
-                "INSERT INTO mon_medical_requests (disbursement_id, household_id, position, data) VALUES ($1, $2, $3,"
-                " $4::jsonb) ON CONFLICT DO NOTHING", message.stream_id, household_id, message.global_position,
-                json.dumps({**message.data, "disbursement_id": message.stream_id}, ensure_ascii=False))
-        else:
-            return
-        await self.alerts.evaluate_household(conn, household_id, Metadata(
-            actor="system:risk-rules", causation_id=message.event_id,
-            correlation_id=message.metadata.get("correlation_id")), trigger_event_id=message.event_id)
+                "INSERT INTO mon_medical_requests (disbursement_id, household_id, position, data) SELECT i, h, p,"
+                " d::jsonb FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[]) AS r(i, h, p, d)"
+                " ON CONFLICT DO NOTHING", *unnest_columns(medical))
+        if triggers:
+            await self.alerts.evaluate_households(conn, {hid: (Metadata(
+                actor="system:risk-rules", causation_id=m.event_id, correlation_id=m.metadata.get("correlation_id")),
+                m.event_id) for hid, m in triggers.items()})
 
     async def reset(self, conn: Any) -> None:
         # Alerts already raised stay; their findings are remembered, so a replay raises none again.

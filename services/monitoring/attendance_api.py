@@ -29,7 +29,7 @@ import dataclasses
 import json
 import re
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Sequence
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,14 +46,24 @@ from eventkit.telemetry import correlation_id
 
 from .attendance import KINDS, AttendanceSettings, BatchResult, CadreAttendance, ItemResult, china_date
 from .compliance import DutySettings, quarterly_findings
+from .projections import unnest_columns
 
 router = APIRouter(tags=["attendance"])
 ERRORS = {code: {"model": Problem} for code in (401, 403, 404, 409, 422)}
 CONFLICT_RETRIES = 5
 
 
+def _unregistered(hid: str) -> LookupError:
+    return LookupError(f"CadreAssigned for household {hid}, whose registration was not applied")
+
+
 class HouseholdGeo:
-    """Village, coordinates and pairings of households (from ``tpa.registry.household.v1``)."""
+    """Village, coordinates and pairings of households (from ``tpa.registry.household.v1``).
+
+    ``apply_batch`` has the effect of ``apply`` on each message in turn: it reads the batch's
+    households and their pairings at once, applies the events to them in memory and writes the
+    new and changed rows in three statements.
+    """
 
     name = "household-geo"
     topics = (HOUSEHOLD_TOPIC,)
@@ -66,21 +76,86 @@ class HouseholdGeo:
                                " ON CONFLICT (household_id) DO NOTHING", hid, d["village_code"])
         elif message.event_type == "CoordinatesSet":
             await conn.execute("UPDATE mon_households SET latitude = $2, longitude = $3 WHERE household_id = $1",
-                               hid, float(d["latitude"]), float(d["longitude"]))
+                               hid, *_coordinates(d))
         elif message.event_type == "CadreAssigned":
             village = await conn.fetchval("SELECT village_code FROM mon_households WHERE household_id = $1", hid)
             if village is None:
-                raise LookupError(f"CadreAssigned for household {hid}, whose registration was not applied")
+                raise _unregistered(hid)
             await conn.execute(
                 "INSERT INTO mon_pairings (cadre_id, household_id, village_code, assigned_on) VALUES ($1, $2, $3,"
-                " $4::text::date) ON CONFLICT DO NOTHING", d["cadre_id"], hid, village, str(d["assigned_on"]))
+                " $4) ON CONFLICT DO NOTHING", d["cadre_id"], hid, village, _day(d["assigned_on"]))
         elif message.event_type == "CadreReleased":
             await conn.execute(
-                "UPDATE mon_pairings SET released_on = $3::text::date WHERE cadre_id = $1 AND household_id = $2"
-                " AND released_on IS NULL", d["cadre_id"], hid, str(d["released_on"]))
+                "UPDATE mon_pairings SET released_on = $3 WHERE cadre_id = $1 AND household_id = $2"
+                " AND released_on IS NULL", d["cadre_id"], hid, _day(d["released_on"]))
+
+    async def apply_batch(self, conn: Any, messages: Sequence[Message]) -> None:
+        messages = [m for m in messages if m.event_type in _GEO_EVENTS]
+        if not messages:
+            return
+        ids = sorted({m.stream_id for m in messages})
+        households = {r["household_id"]: dict(r) for r in await conn.fetch(
+            "SELECT household_id, village_code, latitude, longitude FROM mon_households"
+            " WHERE household_id = ANY($1::text[]) ORDER BY household_id FOR UPDATE", ids)}
+        stored: dict[_Pairing, tuple[str, date | None]] = {
+            (r["cadre_id"], r["household_id"], r["assigned_on"]): (r["village_code"], r["released_on"])
+            for r in await conn.fetch(
+                "SELECT cadre_id, household_id, assigned_on, village_code, released_on FROM mon_pairings"
+                " WHERE household_id = ANY($1::text[]) ORDER BY cadre_id, household_id, assigned_on FOR UPDATE", ids)}
+        pairings = dict(stored)
+        changed: set[str] = set()
+        for m in messages:
+            d, hid = m.data, m.stream_id
+            household = households.get(hid)
+            if m.event_type == "HouseholdRegistered":
+                if household is None:
+                    households[hid] = {"household_id": hid, "village_code": d["village_code"], "latitude": None,
+                                       "longitude": None}
+                    changed.add(hid)
+            elif m.event_type == "CoordinatesSet":
+                latitude, longitude = _coordinates(d)
+                if household is not None:
+                    household.update(latitude=latitude, longitude=longitude)
+                    changed.add(hid)
+            elif m.event_type == "CadreAssigned":
+                if household is None:
+                    raise _unregistered(hid)
+                pairings.setdefault((d["cadre_id"], hid, _day(d["assigned_on"])), (household["village_code"], None))
+            else:  # CadreReleased: every open pairing of the cadre with the household
+                released_on = _day(d["released_on"])
+                for key, (village, released) in pairings.items():
+                    if key[:2] == (d["cadre_id"], hid) and released is None:
+                        pairings[key] = (village, released_on)
+        if changed:
+            rows = [[households[h][c] for c in ("household_id", "village_code", "latitude", "longitude")]
+                    for h in sorted(changed)]
+            await conn.execute(
+                "INSERT INTO mon_households (household_id, village_code, latitude, longitude)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::float8[]) ORDER BY 1"
+                " ON CONFLICT (household_id) DO UPDATE SET latitude = EXCLUDED.latitude,"
+                " longitude = EXCLUDED.longitude", *unnest_columns(rows))
+        changes = [(*key, *value) for key, value in sorted(pairings.items()) if stored.get(key) != value]
+        if changes:
+            await conn.execute(
+                "INSERT INTO mon_pairings (cadre_id, household_id, assigned_on, village_code, released_on)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::text[], $5::date[]) ORDER BY 1, 2, 3"
+                " ON CONFLICT (cadre_id, household_id, assigned_on) DO UPDATE SET released_on = EXCLUDED.released_on",
+                *unnest_columns(changes))
 
     async def reset(self, conn: Any) -> None:
         await conn.execute("TRUNCATE mon_households, mon_pairings")
+
+
+_GEO_EVENTS = frozenset({"HouseholdRegistered", "CoordinatesSet", "CadreAssigned", "CadreReleased"})
+_Pairing = tuple[str, str, date]  # cadre, household, assigned on
+
+
+def _coordinates(d: dict[str, Any]) -> tuple[float, float]:
+    return float(d["latitude"]), float(d["longitude"])
+
+
+def _day(value: Any) -> date:
+    return date.fromisoformat(str(value))
 
 
 class Batch(BaseModel):

@@ -22,8 +22,9 @@ in it, not its city).
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
@@ -34,6 +35,8 @@ from contracts.workflow import CASE_TOPIC
 from eventkit.projection import Message
 from eventkit.runtime import Problem, require_covers, runtime_of
 
+from .projections import unnest_columns
+
 POOR_STATUSES = ("identified", "returned_to_poverty")
 DEFAULT_EXIT_THRESHOLD = Decimal("0.03")  # poverty incidence below 3 % (2 % in some provinces; domain.md 4)
 _PAID = ("paid", "reconciled")
@@ -43,7 +46,59 @@ class DashboardError(Exception):
     """An event the dashboard rows cannot take (the stream is held)."""
 
 
+_HOUSEHOLD_COLUMNS = ("household_id", "village_code", "status", "people", "primary_cause", "monitoring")
+
+
+def _household_change(kind: str, d: dict[str, Any]) -> tuple[str, Any] | None:
+    """The column a household event changes and its new value (for ``people``: the change), or None."""
+    changes: dict[str, tuple[str, Any]] = {
+        "MemberAdded": ("people", 1),
+        "MemberRemoved": ("people", -1),
+        "HouseholdStatusChanged": ("status", d.get("to_status")),
+        "PovertyCausesRecorded": ("primary_cause", d.get("primary")),
+        "MonitoringDesignated": ("monitoring", d.get("object_type")),
+        "MonitoringRiskEliminated": ("monitoring", None),
+    }
+    return changes.get(kind)
+
+
+def _registered_household(hid: str, d: dict[str, Any]) -> dict[str, Any]:
+    return {"household_id": hid, "village_code": d["village_code"], "status": d.get("status") or "applicant",
+            "people": 0 if d.get("head_member_id") else int(d.get("member_count") or 0), "primary_cause": None,
+            "monitoring": None}
+
+
+def _not_registered(kind: str, hid: str) -> DashboardError:
+    return DashboardError(f"{kind} for household {hid}, whose registration was not applied")
+
+
+def _village_row(code: str, d: dict[str, Any]) -> tuple[str, int, bool, str]:
+    return code, int(d["rural_population"]), bool(d["poor_village"]), str(d["effective_on"])
+
+
+_UPSERT_VILLAGES = (
+    "INSERT INTO dash_villages (village_code, rural_population, poor_village, effective_on)"
+    " SELECT c, r, p, e::date FROM unnest($1::text[], $2::int[], $3::bool[], $4::text[]) AS t(c, r, p, e) ORDER BY c"
+    " ON CONFLICT (village_code) DO UPDATE SET rural_population = EXCLUDED.rural_population,"
+    " poor_village = EXCLUDED.poor_village, effective_on = EXCLUDED.effective_on"
+    " WHERE dash_villages.effective_on <= EXCLUDED.effective_on")
+
+_UPSERT_HOUSEHOLDS = (
+    "INSERT INTO dash_households (household_id, village_code, status, people, primary_cause, monitoring)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[]) ORDER BY 1"
+    " ON CONFLICT (household_id) DO UPDATE SET village_code = EXCLUDED.village_code, status = EXCLUDED.status,"
+    " people = EXCLUDED.people, primary_cause = EXCLUDED.primary_cause, monitoring = EXCLUDED.monitoring")
+
+
 class Dashboard:
+    """Projection ``dashboard``.
+
+    ``apply_batch`` has the effect of ``apply`` on each message in turn: the households of the
+    batch are read (and locked) at once, changed in memory and written back in one statement; each
+    village's winning profile is written once; allocation, disbursement and case events are
+    applied one by one (their tables are independent of the households' and villages').
+    """
+
     name = "dashboard"
     topics = (HOUSEHOLD_TOPIC, VILLAGE_TOPIC, ALLOCATION_TOPIC, DISBURSEMENT_TOPIC, CASE_TOPIC)
     strict = True
@@ -53,36 +108,61 @@ class Dashboard:
         if handler is not None:
             await handler(conn, message.event_type, message.stream_id, message.data)
 
+    async def apply_batch(self, conn: Any, messages: Sequence[Message]) -> None:
+        households = [m for m in messages if m.stream_type == "household"]
+        if households:
+            await self._households(conn, households)
+        villages = _latest_profiles(m for m in messages if m.stream_type == "village")
+        if villages:
+            await conn.execute(_UPSERT_VILLAGES, *unnest_columns(villages))
+        for m in messages:
+            if m.stream_type not in ("household", "village"):
+                await self.apply(conn, m)
+
     async def _household(self, conn: Any, kind: str, hid: str, d: dict[str, Any]) -> None:
         if kind == "HouseholdRegistered":
-            people = 0 if d.get("head_member_id") else int(d.get("member_count") or 0)
+            row = _registered_household(hid, d)
             await conn.execute(
                 "INSERT INTO dash_households (household_id, village_code, status, people) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT (household_id) DO NOTHING", hid, d["village_code"], d.get("status") or "applicant",
-                people)
+                " ON CONFLICT (household_id) DO NOTHING", hid, row["village_code"], row["status"], row["people"])
             return
-        updates = {
-            "MemberAdded": ("people = people + 1", ()),
-            "MemberRemoved": ("people = people - 1", ()),
-            "HouseholdStatusChanged": ("status = $2", (d.get("to_status"),)),
-            "PovertyCausesRecorded": ("primary_cause = $2", (d.get("primary"),)),
-            "MonitoringDesignated": ("monitoring = $2", (d.get("object_type"),)),
-            "MonitoringRiskEliminated": ("monitoring = NULL", ()),
-        }
-        if kind not in updates:
+        change = _household_change(kind, d)
+        if change is None:
             return
-        assignment, args = updates[kind]
-        status = await conn.execute(f"UPDATE dash_households SET {assignment} WHERE household_id = $1", hid, *args)
+        column, value = change
+        assignment = "people = people + $2" if column == "people" else f"{column} = $2"
+        status = await conn.execute(f"UPDATE dash_households SET {assignment} WHERE household_id = $1", hid, value)
         if status.endswith(" 0"):
-            raise DashboardError(f"{kind} for household {hid}, whose registration was not applied")
+            raise _not_registered(kind, hid)
+
+    async def _households(self, conn: Any, messages: Sequence[Message]) -> None:
+        ids = sorted({m.stream_id for m in messages})
+        found = await conn.fetch(f"SELECT {', '.join(_HOUSEHOLD_COLUMNS)} FROM dash_households"
+                                 " WHERE household_id = ANY($1::text[]) ORDER BY household_id FOR UPDATE", ids)
+        rows: dict[str, dict[str, Any]] = {r["household_id"]: dict(r) for r in found}
+        changed: set[str] = set()
+        for m in messages:
+            row = rows.get(m.stream_id)
+            if m.event_type == "HouseholdRegistered":
+                if row is None:  # a registration of a known household changes nothing
+                    rows[m.stream_id] = _registered_household(m.stream_id, m.data)
+                    changed.add(m.stream_id)
+                continue
+            change = _household_change(m.event_type, m.data)
+            if change is None:
+                continue
+            if row is None:
+                raise _not_registered(m.event_type, m.stream_id)
+            column, value = change
+            row[column] = row[column] + value if column == "people" else value
+            changed.add(m.stream_id)
+        if changed:
+            await conn.execute(_UPSERT_HOUSEHOLDS, *unnest_columns(
+                [[rows[h][c] for c in _HOUSEHOLD_COLUMNS] for h in sorted(changed)]))
 
     async def _village(self, conn: Any, kind: str, code: str, d: dict[str, Any]) -> None:
         if kind == "VillageProfileUpdated":
-            await conn.execute(
-                "INSERT INTO dash_villages (village_code, rural_population, poor_village, effective_on)"
-                " VALUES ($1, $2, $3, $4::text::date) ON CONFLICT (village_code) DO UPDATE SET rural_population = $2,"
-                " poor_village = $3, effective_on = $4::text::date WHERE dash_villages.effective_on <= $4::text::date",
-                code, int(d["rural_population"]), bool(d["poor_village"]), str(d["effective_on"]))
+            await conn.execute(_UPSERT_VILLAGES, *unnest_columns([_village_row(code, d)]))
 
     async def _allocation(self, conn: Any, kind: str, aid: str, d: dict[str, Any]) -> None:
         if kind == "AllocationCreated":
@@ -129,6 +209,21 @@ class Dashboard:
 
     async def reset(self, conn: Any) -> None:
         await conn.execute("TRUNCATE dash_households, dash_villages, dash_allocations, dash_payments, dash_cases")
+
+
+def _latest_profiles(messages: Iterable[Message]) -> list[tuple[str, int, bool, str]]:
+    """Of several profiles of a village, in order, the one upserting them one by one would leave
+    (a profile is replaced by one effective on the same day or later); that one upserted against
+    the stored profile then has the same outcome."""
+    latest: dict[str, tuple[str, int, bool, str]] = {}
+    for m in messages:
+        if m.event_type != "VillageProfileUpdated":
+            continue
+        row = _village_row(m.stream_id, m.data)
+        kept = latest.get(row[0])
+        if kept is None or date.fromisoformat(row[3]) >= date.fromisoformat(kept[3]):
+            latest[row[0]] = row
+    return [latest[code] for code in sorted(latest)]
 
 
 # -- query -----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import copy
 import json
 import uuid
 from datetime import date
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from contracts.registry import HOUSEHOLD, HOUSEHOLD_TOPIC, VILLAGE, VILLAGE_TOPIC
 from eventkit.projection import Message
@@ -245,6 +245,12 @@ def evolve(doc: dict[str, Any] | None, event: Mapping[str, Any]) -> dict[str, An
     version; without it the document's version is counted up). Events before the
     registration of an unknown type leave ``None``.
     """
+    return _advance(copy.deepcopy(doc), event)
+
+
+def _advance(doc: dict[str, Any] | None, event: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``evolve`` in place: ``doc`` itself becomes the new document (its caller owns it). The steps
+    never modify what they take from the event's data, so the event stays as it was."""
     event_type = event["event_type"]
     data = _data(event)
     if event_type == "HouseholdRegistered":
@@ -254,7 +260,7 @@ def evolve(doc: dict[str, Any] | None, event: Mapping[str, Any]) -> dict[str, An
             raise LedgerError(f"{event_type} before the household was registered")
         return None
     else:
-        new = copy.deepcopy(doc)
+        new = doc
         step = _STEPS.get(event_type)
         if step is not None:  # unknown (newer) event types only advance the version
             step(new, data)
@@ -280,11 +286,18 @@ def all_causes(doc: Mapping[str, Any]) -> list[str]:
 
 # -- the projection ------------------------------------------------------------------
 
-_UPSERT_HOUSEHOLD = """
+# The upserts take one array per column (rows in the order to lock them): ``apply`` writes one row,
+# ``apply_batch`` all of its batch. A text[] column comes as its JSON text (unnest flattens arrays
+# of arrays).
+_UPSERT_HOUSEHOLDS = """
 INSERT INTO ledger_households (household_id, village_code, status, attribute, identification_standard,
     address, head_member_id, primary_cause, causes, monitoring_object_type, member_count, version,
     registered_on, updated_at, doc)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now(), $14::jsonb)
+SELECT h, v, s, a, i, ad, hm, pc, ARRAY(SELECT jsonb_array_elements_text(c::jsonb)), mo, mc, ve, ro, now(), d::jsonb
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::uuid[], $8::text[],
+            $9::text[], $10::text[], $11::int[], $12::int[], $13::date[], $14::text[])
+    AS t(h, v, s, a, i, ad, hm, pc, c, mo, mc, ve, ro, d)
+ORDER BY h
 ON CONFLICT (household_id) DO UPDATE SET
     village_code = EXCLUDED.village_code, status = EXCLUDED.status, attribute = EXCLUDED.attribute,
     identification_standard = EXCLUDED.identification_standard, address = EXCLUDED.address,
@@ -294,26 +307,37 @@ ON CONFLICT (household_id) DO UPDATE SET
     registered_on = EXCLUDED.registered_on, updated_at = now(), doc = EXCLUDED.doc
 """
 
-_UPSERT_MEMBER = """
+_UPSERT_MEMBERS = """
 INSERT INTO ledger_members (member_id, household_id, id_hmac, active, relation, sex, birth_year,
     schooling_stage, health)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+SELECT m, h, i, a, r, s, b, ss, ARRAY(SELECT jsonb_array_elements_text(he::jsonb))
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::int[], $8::text[],
+            $9::text[]) AS t(m, h, i, a, r, s, b, ss, he)
+ORDER BY m
 ON CONFLICT (member_id) DO UPDATE SET
     household_id = EXCLUDED.household_id, id_hmac = EXCLUDED.id_hmac, active = EXCLUDED.active,
     relation = EXCLUDED.relation, sex = EXCLUDED.sex, birth_year = EXCLUDED.birth_year,
     schooling_stage = EXCLUDED.schooling_stage, health = EXCLUDED.health
 """
 
-_UPSERT_VILLAGE = """
+_UPSERT_VILLAGES = """
 INSERT INTO ledger_villages (village_code, effective_on, rural_population, registered_population,
     poor_village, indicators, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6::jsonb, now())
+SELECT v, e, r, rp, p, i::jsonb, now()
+FROM unnest($1::text[], $2::date[], $3::int[], $4::int[], $5::bool[], $6::text[]) AS t(v, e, r, rp, p, i)
+ORDER BY v
 ON CONFLICT (village_code) DO UPDATE SET
     effective_on = EXCLUDED.effective_on, rural_population = EXCLUDED.rural_population,
     registered_population = EXCLUDED.registered_population, poor_village = EXCLUDED.poor_village,
     indicators = EXCLUDED.indicators, updated_at = now()
 WHERE EXCLUDED.effective_on >= ledger_villages.effective_on
 """
+
+
+async def _upsert(conn: Any, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """One of the upserts above for rows (tuples in the order of its columns), if any."""
+    if rows:
+        await conn.execute(statement, *(list(column) for column in zip(*rows)))
 
 
 def _date(value: Any) -> date | None:
@@ -324,46 +348,115 @@ def _uuid_or_none(value: Any) -> uuid.UUID | None:
     return uuid.UUID(value) if value else None
 
 
+def _event(message: Message) -> dict[str, Any]:
+    return {"event_type": message.event_type, "data": message.data, "version": message.version}
+
+
+def _touched_member(message: Message) -> str | None:
+    """The member whose row a household event rewrites (None: no member row changes)."""
+    return message.data.get("member_id") if message.event_type in _STEPS else None
+
+
+def _household_row(household_id: uuid.UUID, doc: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The row of ``_UPSERT_HOUSEHOLDS`` for a household's document."""
+    return (household_id, doc["village_code"], doc["status"], doc["attribute"], doc["identification_standard"],
+            doc["address"], _uuid_or_none(doc["head_member_id"]), (doc["causes"] or {}).get("primary"),
+            json.dumps(all_causes(doc), ensure_ascii=False), (doc["monitoring"] or {}).get("object_type"),
+            doc["member_count"], doc["version"], _date(doc["registered_on"]), json.dumps(doc, ensure_ascii=False))
+
+
+def _member_row(household_id: uuid.UUID, doc: Mapping[str, Any], member_id: str) -> tuple[Any, ...]:
+    """The row of ``_UPSERT_MEMBERS`` for a member of a household's document."""
+    m = _member(doc, member_id)
+    return (uuid.UUID(member_id), household_id, m["id_hmac"], m["active"], m["relation"], m["sex"],
+            m["birth_year"], m["facts"].get("schooling_stage"),
+            json.dumps(m["facts"].get("health") or [], ensure_ascii=False))
+
+
+def _village_row(d: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The row of ``_UPSERT_VILLAGES`` for a VillageProfileUpdated."""
+    indicators = {k: v for k, v in d.items() if k not in _VILLAGE_FIELDS}
+    return (d["village_code"], _date(d["effective_on"]), int(d["rural_population"]), int(d["registered_population"]),
+            bool(d["poor_village"]), json.dumps(indicators, ensure_ascii=False))
+
+
 class HouseholdLedger:
-    """Projection ``household-ledger``: households (their ledgers), their members and village profiles."""
+    """Projection ``household-ledger``: households (their ledgers), their members and village profiles.
+
+    ``apply_batch`` has the effect of ``apply`` on each message in turn in a few statements: it
+    locks the documents of the batch's households at once, folds every event in memory and writes
+    each changed household, each touched member and each village's winning profile once.
+    """
 
     name = "household-ledger"
     topics = (HOUSEHOLD_TOPIC, VILLAGE_TOPIC)
     strict = True  # a household's ledger never skips an event
 
     async def apply(self, conn: Any, message: Message) -> None:
-        if message.event_type == "VillageProfileUpdated" and message.stream_type == VILLAGE:
-            await self._village(conn, message.data)
+        if _is_village_profile(message):
+            await _upsert(conn, _UPSERT_VILLAGES, [_village_row(message.data)])
         elif message.stream_type == HOUSEHOLD:
             await self._household(conn, message)
         # anything else: another stream type on these topics, ignored
+
+    async def apply_batch(self, conn: Any, messages: Sequence[Message]) -> None:
+        households = [m for m in messages if m.stream_type == HOUSEHOLD]
+        if households:
+            await self._households(conn, households)
+        await _upsert(conn, _UPSERT_VILLAGES, _latest_profiles(m.data for m in messages if _is_village_profile(m)))
 
     async def _household(self, conn: Any, message: Message) -> None:
         household_id = uuid.UUID(message.stream_id)
         raw = await conn.fetchval(
             "SELECT doc FROM ledger_households WHERE household_id = $1 FOR UPDATE", household_id)
         doc = json.loads(raw) if raw is not None else None
-        new = evolve(doc, {"event_type": message.event_type, "data": message.data, "version": message.version})
+        new = evolve(doc, _event(message))
         if new is None:
             return
-        await conn.execute(
-            _UPSERT_HOUSEHOLD, household_id, new["village_code"], new["status"], new["attribute"],
-            new["identification_standard"], new["address"], _uuid_or_none(new["head_member_id"]),
-            (new["causes"] or {}).get("primary"), all_causes(new),
-            (new["monitoring"] or {}).get("object_type"), new["member_count"], new["version"],
-            _date(new["registered_on"]), json.dumps(new, ensure_ascii=False))
-        member_id = message.data.get("member_id") if message.event_type in _STEPS else None
+        await _upsert(conn, _UPSERT_HOUSEHOLDS, [_household_row(household_id, new)])
+        member_id = _touched_member(message)
         if member_id:
-            m = _member(new, member_id)
-            await conn.execute(
-                _UPSERT_MEMBER, uuid.UUID(member_id), household_id, m["id_hmac"], m["active"], m["relation"],
-                m["sex"], m["birth_year"], m["facts"].get("schooling_stage"), m["facts"].get("health") or [])
+            await _upsert(conn, _UPSERT_MEMBERS, [_member_row(household_id, new, member_id)])
 
-    async def _village(self, conn: Any, d: Mapping[str, Any]) -> None:
-        indicators = {k: v for k, v in d.items() if k not in _VILLAGE_FIELDS}
-        await conn.execute(
-            _UPSERT_VILLAGE, d["village_code"], _date(d["effective_on"]), int(d["rural_population"]),
-            int(d["registered_population"]), bool(d["poor_village"]), json.dumps(indicators, ensure_ascii=False))
+    async def _households(self, conn: Any, messages: Sequence[Message]) -> None:
+        ids = sorted({uuid.UUID(m.stream_id) for m in messages})  # one lock order for every consumer
+        rows = await conn.fetch("SELECT household_id, doc FROM ledger_households WHERE household_id = ANY($1::uuid[])"
+                                " ORDER BY household_id FOR UPDATE", ids)
+        docs: dict[uuid.UUID, dict[str, Any] | None] = {r["household_id"]: json.loads(r["doc"]) for r in rows}
+        changed: set[uuid.UUID] = set()
+        members: dict[str, uuid.UUID] = {}  # member -> the household that last rewrote its row
+        for message in messages:
+            household_id = uuid.UUID(message.stream_id)
+            new = _advance(docs.get(household_id), _event(message))  # the documents are ours: no copies
+            if new is None:
+                continue
+            docs[household_id] = new
+            changed.add(household_id)
+            member_id = _touched_member(message)
+            if member_id:
+                _member(new, member_id)  # raises as apply would for a member the household lacks
+                members[member_id] = household_id
+        await _upsert(conn, _UPSERT_HOUSEHOLDS, [_household_row(h, docs[h]) for h in sorted(changed)])
+        # A member's row depends only on its household's events that name the member: the final
+        # document holds what apply wrote at the last of them.
+        await _upsert(conn, _UPSERT_MEMBERS, [_member_row(h, docs[h], m) for m, h in sorted(members.items())])
 
     async def reset(self, conn: Any) -> None:
         await conn.execute("TRUNCATE ledger_households, ledger_members, ledger_villages")
+
+
+def _is_village_profile(message: Message) -> bool:
+    return message.event_type == "VillageProfileUpdated" and message.stream_type == VILLAGE
+
+
+def _latest_profiles(profiles: Iterable[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """Of several profiles of a village, in order, the one upserting them one by one would leave
+    (``_UPSERT_VILLAGES`` keeps a profile unless the next one is effective on the same day or later);
+    that one upserted against the stored profile then has the same outcome."""
+    latest: dict[str, tuple[Any, ...]] = {}
+    for d in profiles:
+        row = _village_row(d)
+        kept = latest.get(row[0])
+        if kept is None or row[1] >= kept[1]:
+            latest[row[0]] = row
+    return [latest[code] for code in sorted(latest)]
