@@ -36,6 +36,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--freshness-rates", default="25,50,100,200,300",
                    help="interactive commands per second tried by the freshness measurement")
     p.add_argument("--freshness-seconds", type=float, default=20.0, help="seconds of load per rate")
+    p.add_argument("--no-rebuilds", action="store_true",
+                   help="projections: measure the cold start only, not one `tpa projections rebuild` per read "
+                        "model (each is a full catch-up: at province size, hours); the targets then use the "
+                        "cold-start rates")
     p.add_argument("--machine", help="machine name in the result file names (default: from CPU, cores, RAM)")
     p.add_argument("--state-dir", help="where PostgreSQL data and logs go (default: a new temporary folder)")
     p.add_argument("--keep-state", action="store_true", help="keep the state folder at the end")
