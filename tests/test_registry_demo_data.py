@@ -169,3 +169,9 @@ async def test_cli_writes_the_file_and_loads_it(database, tmp_path):
             demo_data.generate_county("620102", 30, seed=2).villages)
     finally:
         await conn.close()
+
+
+def test_a_province_is_named_by_its_two_digit_code_as_the_cli_says():
+    counties = demo_data.province_counties("62")
+    assert len(counties) > 50 and all(c.code.startswith("62") for c in counties)
+    assert demo_data.province_counties("620000") == counties  # or by any code within it

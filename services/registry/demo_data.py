@@ -617,8 +617,10 @@ def generate_county(county_code: str, households: int, seed: int, *, as_of: date
 
 
 def province_counties(province_code: str) -> list[Region]:
-    """The counties of a province in the GB/T 2260 data (summary codes such as 市辖区 left out)."""
-    prefix = regions.normalise(province_code)[:2]
+    """The counties of a province (its 2-digit code, or any code within it) in the GB/T 2260 data
+    (summary codes such as 市辖区 left out)."""
+    code = province_code.strip()
+    prefix = code if len(code) == 2 and code.isdigit() else regions.normalise(code)[:2]
     return [r for r in regions.county_divisions()
             if r.level == "county" and r.code.startswith(prefix) and r.name not in ("市辖区", "县")]
 
