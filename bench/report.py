@@ -145,7 +145,8 @@ class Report:
             f"| OS | {m.get('os')} |",
             f"| PostgreSQL | {pg.get('version', '?').split(' on ')[0]}; shared_buffers {pg.get('shared_buffers')}, "
             f"fsync {pg.get('fsync')}, synchronous_commit {pg.get('synchronous_commit')}, "
-            f"wal_level {pg.get('wal_level')}; data on {pg.get('data_filesystem')} |",
+            f"wal_level {pg.get('wal_level')}, max_wal_size {pg.get('max_wal_size')}; "
+            f"data on {pg.get('data_filesystem')} |",
             f"| Python | {m.get('python')} |",
             f"| Broker | {m['broker']['name']}; {m['broker'].get('version') or 'version unknown'} |",
             f"| Load average | {m.get('load_average_at_start')} at start, {run.get('load_average_at_end')} at end "

@@ -349,6 +349,12 @@ def _postmaster_alive(pid: int, data_dir: Path) -> bool:
     return str(data_dir) in joined or str(data_dir.resolve()) in joined
 
 
+# Beyond PostgreSQL's defaults, for every embedded server (docker-compose.yml passes the same):
+# bulk imports write WAL at over 100 MB/s, which with the default 1 GB forced a checkpoint every
+# few seconds (and full-page images after each) during a province's import (docs/performance.md).
+SERVER_SETTINGS: dict[str, str] = {"max_wal_size": "4GB"}
+
+
 class EmbeddedPostgres:
     """A local PostgreSQL server for development and tests.
 
@@ -630,6 +636,7 @@ class EmbeddedPostgres:
             "unix_socket_directories": str(self._socket_dir),
             "max_connections": self.max_connections,
         }
+        settings.update(SERVER_SETTINGS)
         if self.fast:
             settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
         for key, value in self.extra_settings.items():

@@ -216,6 +216,10 @@ def test_postgres_creates_one_database_and_role_per_service(compose: dict[str, A
     assert "ports" not in pg
     mounts = [str(v) for v in pg["volumes"]]
     assert any(m.startswith("./deploy/postgres-init.sql:/docker-entrypoint-initdb.d/") for m in mounts)
+    # The server settings of the embedded PostgreSQL (`tpa up`, the benchmarks) hold in production too.
+    from eventkit.embedded import SERVER_SETTINGS
+    assert pg["command"][0] == "postgres"
+    assert {f"{k}={v}" for k, v in SERVER_SETTINGS.items()} <= set(pg["command"][1:])
 
     sql = (ROOT / "deploy" / "postgres-init.sql").read_text()
     for name in SERVICES:

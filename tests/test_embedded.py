@@ -35,6 +35,7 @@ async def test_postgres_create_database_connect_and_survive_restart(tmp_path_fac
             assert await conn.fetchval("select 1") == 1
             assert await conn.fetchval("show max_connections") == "200"
             assert await conn.fetchval("show fsync") == "off"
+            assert await conn.fetchval("show max_wal_size") == "4GB"  # SERVER_SETTINGS
             await conn.execute("create table kept (id int primary key, note text)")
             await conn.execute("insert into kept values (1, 'survives restarts')")
         finally:

@@ -48,10 +48,10 @@ from eventkit.idempotency import CommandResult
 from eventkit.aggregate import save_all
 from eventkit.store import EventStore
 from eventkit.telemetry import correlation_id
+from eventkit.sqlrows import unnest_columns
 
 from .alerts import Alert, OverdueLimits
 from .attendance import china_date
-from .projections import unnest_columns
 from .rules import (
     CadreReport, Thresholds, evaluate, finding_id, fold_risk_facts, medical_costs_from_disbursements, most_severe,
     suggested_object_type,

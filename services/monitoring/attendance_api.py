@@ -43,10 +43,10 @@ from eventkit.runtime import Problem, current_principal, require_covers, require
 from eventkit.aggregate import save_all
 from eventkit.store import NO_STREAM
 from eventkit.telemetry import correlation_id
+from eventkit.sqlrows import unnest_columns
 
 from .attendance import KINDS, AttendanceSettings, BatchResult, CadreAttendance, ItemResult, china_date
 from .compliance import DutySettings, quarterly_findings
-from .projections import unnest_columns
 
 router = APIRouter(tags=["attendance"])
 ERRORS = {code: {"model": Problem} for code in (401, 403, 404, 409, 422)}

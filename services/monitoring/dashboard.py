@@ -34,8 +34,8 @@ from contracts.registry import HOUSEHOLD_TOPIC, REGION_CODE_PATTERN, VILLAGE_TOP
 from contracts.workflow import CASE_TOPIC
 from eventkit.projection import Message
 from eventkit.runtime import Problem, require_covers, runtime_of
+from eventkit.sqlrows import unnest_columns
 
-from .projections import unnest_columns
 
 POOR_STATUSES = ("identified", "returned_to_poverty")
 DEFAULT_EXIT_THRESHOLD = Decimal("0.03")  # poverty incidence below 3 % (2 % in some provinces; domain.md 4)

@@ -6,12 +6,7 @@ from typing import Any, Sequence
 
 from contracts.registry import HOUSEHOLD_TOPIC
 from eventkit.projection import Message
-
-
-def unnest_columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
-    """Rows as one list per column: the arguments of an ``INSERT ... SELECT FROM unnest($1, ...)``
-    that writes many rows in one statement."""
-    return [list(column) for column in zip(*rows)]
+from eventkit.sqlrows import unnest_columns
 
 
 class UnknownHousehold(Exception):

@@ -19,6 +19,7 @@ import pydantic
 
 from eventkit.aggregate import Repository
 from eventkit.events import Metadata, RecordedEvent
+from eventkit.sqlrows import unnest_columns
 from eventkit.store import NO_STREAM, EventStore, StreamAppend
 
 from . import changes, identity, regions
@@ -99,7 +100,7 @@ class Registry:
                                   409, household_id=holder, id_masked=m["id_masked"])
         try:
             async with conn.transaction():
-                await conn.execute(_CLAIM_INSERT, *_columns(_claim_rows(household_id, members)))
+                await conn.execute(_CLAIM_INSERT, *unnest_columns(_claim_rows(household_id, members)))
         except asyncpg.UniqueViolationError:
             # A concurrent registration claimed one of the persons first (we waited for it).
             for m in members:
@@ -108,7 +109,7 @@ class Registry:
                     raise DomainError("duplicate_person", f"{m['id_masked']} already belongs to household {holder}",
                                       409, household_id=holder, id_masked=m["id_masked"]) from None
             raise
-        await conn.execute(_VAULT_INSERT, *_columns(_vault_rows(household_id, members)))
+        await conn.execute(_VAULT_INSERT, *unnest_columns(_vault_rows(household_id, members)))
 
     # -- commands ---------------------------------------------------------------------
 
@@ -155,9 +156,9 @@ class Registry:
             return
         for code in sorted({h.village_code for h, _ in registrations}):
             await _require_village(conn, code)
-        await conn.execute(_CLAIM_INSERT, *_columns(
+        await conn.execute(_CLAIM_INSERT, *unnest_columns(
             row for h, persons in registrations for row in _claim_rows(h.id, persons)))
-        await conn.execute(_VAULT_INSERT, *_columns(
+        await conn.execute(_VAULT_INSERT, *unnest_columns(
             row for h, persons in registrations for row in _vault_rows(h.id, persons)))
         # The events are not read back: an import does not need them (and saves their transfer).
         await self.store.append_streams(
@@ -341,7 +342,3 @@ def _vault_rows(household_id: str, persons: list[dict[str, Any]]) -> list[tuple[
     """``person_vault`` rows (member_id, household_id, id_hmac, id_number, name, phone)."""
     return [(p["member_id"], household_id, p["id_hmac"], *p["_vault"]) for p in persons]
 
-
-def _columns(rows: Any) -> list[list[Any]]:
-    """Rows as columns (the arrays of an ``unnest`` insert)."""
-    return [list(column) for column in zip(*rows)]

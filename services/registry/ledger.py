@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from contracts.registry import HOUSEHOLD, HOUSEHOLD_TOPIC, VILLAGE, VILLAGE_TOPIC
 from eventkit.projection import Message
+from eventkit.sqlrows import unnest_columns
 
 POOR_STATUSES: tuple[str, ...] = ("identified", "returned_to_poverty")
 
@@ -337,7 +338,7 @@ WHERE EXCLUDED.effective_on >= ledger_villages.effective_on
 async def _upsert(conn: Any, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
     """One of the upserts above for rows (tuples in the order of its columns), if any."""
     if rows:
-        await conn.execute(statement, *(list(column) for column in zip(*rows)))
+        await conn.execute(statement, *unnest_columns(rows))
 
 
 def _date(value: Any) -> date | None:
