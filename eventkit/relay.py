@@ -280,34 +280,57 @@ class Relay:
             self.on_rewind()
 
     async def _publish_loop(self, producer: AIOKafkaProducer) -> None:
+        """Publish batch after batch. The next batch is read from the store while the broker
+        acknowledges the previous one (the producer keeps each partition's records in order); a
+        batch's checkpoint is written once all its records are acknowledged. A broker that lost
+        its log (and may auto-create topics on produce) must be noticed before new events go out
+        ahead of the ones it lost: that check runs with nothing in flight."""
         loop = asyncio.get_running_loop()
         last_check = loop.time()
-        while not self._stopping:
-            if not self._session_alive():
-                # The publisher lock went with the session: stop, and take the lock again (or stand by).
-                raise RuntimeError("the relay's database session (and publisher lock) was lost")
-            if loop.time() - last_check >= self.lost_data_check_interval:
-                await self._check_lost_data(producer)
-                last_check = loop.time()
-            position = await self._checkpoint()
-            self.stats.checkpoint = position
-            events = await self.store.read_all(position, self.batch_size)
-            if events and loop.time() - last_check >= self.pre_publish_check_interval:
-                # A broker that lost its log (and may auto-create topics on produce) must be
-                # noticed before new events go out ahead of the ones it lost.
-                await self._check_lost_data(producer)
-                last_check = loop.time()
-                position = await self._checkpoint()
+        in_flight: tuple[list[RecordedEvent], list[Any]] | None = None
+        try:
+            while not self._stopping:
+                if not self._session_alive():
+                    # The publisher lock went with the session: stop, and take the lock again (or stand by).
+                    raise RuntimeError("the relay's database session (and publisher lock) was lost")
+                due = loop.time() - last_check >= self.pre_publish_check_interval
+                if in_flight is not None and due:
+                    done, in_flight = in_flight, None
+                    await self._confirm(*done)
+                if in_flight is None:
+                    if loop.time() - last_check >= self.lost_data_check_interval:
+                        await self._check_lost_data(producer)
+                        last_check = loop.time()
+                    position = await self._checkpoint()
+                    self.stats.checkpoint = position
+                else:
+                    position = in_flight[0][-1].global_position
                 events = await self.store.read_all(position, self.batch_size)
-            if not events:
-                self.stats.head = position
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            await self._publish_batch(producer, events)
+                if events and in_flight is None and loop.time() - last_check >= self.pre_publish_check_interval:
+                    await self._check_lost_data(producer)
+                    last_check = loop.time()
+                    position = await self._checkpoint()
+                    events = await self.store.read_all(position, self.batch_size)
+                if in_flight is not None:
+                    done, in_flight = in_flight, None
+                    if not await self._confirm(*done):
+                        continue  # rewound: what was read after it is re-read from the checkpoint
+                if not events:
+                    self.stats.head = position
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    except asyncio.TimeoutError:
+                        pass
+                    continue
+                in_flight = (events, await self._send(producer, events))
+            if in_flight is not None:
+                done, in_flight = in_flight, None
+                await self._confirm(*done)
+        finally:
+            if in_flight is not None:  # failing or cancelled: the batch is published again from the checkpoint
+                for fut in in_flight[1]:
+                    fut.cancel()
 
     @staticmethod
     def _publish_span(topic: str, ev: RecordedEvent) -> dict[str, str]:
@@ -328,7 +351,8 @@ class Relay:
             propagate.inject(carrier)
         return carrier
 
-    async def _publish_batch(self, producer: AIOKafkaProducer, events: list[RecordedEvent]) -> None:
+    async def _send(self, producer: AIOKafkaProducer, events: list[RecordedEvent]) -> list[Any]:
+        """Hand a batch to the producer; returns the futures of its acknowledgements."""
         await self._ensure_topics({ct.topic_name(self.service, e.stream_type) for e in events})
         futures = []
         traced = telemetry.recording()
@@ -340,12 +364,16 @@ class Relay:
                 carrier = {k: v for k in ("traceparent", "tracestate") if (v := ev.metadata.get(k))}
             value = json.dumps(ev.envelope(self.source), ensure_ascii=False,
                                separators=(",", ":")).encode()
-            fut = await producer.send(
+            futures.append(await producer.send(
                 topic, value=value, key=ev.stream_id.encode(),
                 headers=kafka_headers(ev, self.service, self.source, carrier.get("traceparent"),
                                       carrier.get("tracestate")),
-            )
-            futures.append(fut)
+            ))
+        return futures
+
+    async def _confirm(self, events: list[RecordedEvent], futures: list[Any]) -> bool:
+        """Wait for a batch's acknowledgements and write its checkpoint. False when the broker's
+        offsets went backwards (it lost its log): the relay rewound to republish everything."""
         results = await asyncio.gather(*futures)  # raises on the first failure: resume from checkpoint
         offsets: dict[tuple[str, int], int] = {}
         lowest: dict[tuple[str, int], int] = {}
@@ -361,7 +389,7 @@ class Relay:
         ]
         if regressed:  # offsets only grow on a broker that kept its log
             await self._rewind(regressed)
-            return
+            return False
         last = events[-1].global_position
         async with self.store.pool.acquire() as conn:
             async with conn.transaction():
@@ -380,6 +408,7 @@ class Relay:
         self.stats.partition_offsets.update(offsets)
         if self.on_published is not None:
             self.on_published(len(events))
+        return True
 
 
 async def _broker_lost_data(bootstrap: str, acknowledged: dict[tuple[str, int], int]) -> list[str]:

@@ -392,8 +392,8 @@ async def test_a_household_failing_at_write_time_is_rolled_back_alone(registry, 
             raise DomainError("boom", "refused at write time", field="members[1].name")
         return out
 
-    async def register_households(conn, registrations, meta):
-        await original_bulk(conn, registrations, meta)  # written, then the batch fails: all of it rolls back
+    async def register_households(conn, registrations, meta, **kw):
+        await original_bulk(conn, registrations, meta, **kw)  # written, then the batch fails: all of it rolls back
         if any(household.id == failing for household, _ in registrations):
             raise DomainError("boom", "refused at write time")
 
@@ -499,8 +499,8 @@ async def test_bulk_writes_exactly_what_writing_one_household_at_a_time_writes(d
         original_bulk = registry.register_households
 
         async def register_households(conn, registrations, meta, original_bulk=original_bulk,
-                                      bulk_writes=bulk_writes):
-            await original_bulk(conn, registrations, meta)
+                                      bulk_writes=bulk_writes, **kw):
+            await original_bulk(conn, registrations, meta, **kw)
             bulk_writes.append(len(registrations))
 
         registry.register_households = register_households
@@ -545,9 +545,9 @@ async def test_a_batch_with_a_household_that_fails_at_write_time_imports_its_oth
     bulk_writes: list[int] = []
     original_bulk = registry.register_households
 
-    async def register_households(conn, registrations, meta):
+    async def register_households(conn, registrations, meta, **kw):
         bulk_writes.append(len(registrations))
-        await original_bulk(conn, registrations, meta)
+        await original_bulk(conn, registrations, meta, **kw)
 
     monkeypatch.setattr(importer, "validate", validate)
     monkeypatch.setattr(registry, "register_households", register_households)

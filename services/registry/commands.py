@@ -142,7 +142,7 @@ class Registry:
         return household, persons
 
     async def register_households(self, conn: Any, registrations: Sequence[tuple[Household, list[dict[str, Any]]]],
-                                  meta: Metadata) -> None:
+                                  meta: Metadata, *, villages: set[str] | None = None) -> None:
         """Write new households (from ``new_household``, with any further pending events) in bulk: one
         statement for the one-person-one-household index, one for the vault and one append for all
         the events (one stream per household, which must not exist yet).
@@ -150,12 +150,15 @@ class Registry:
         Unlike ``register_household`` it does not look each person up first: a person active in
         another household (or listed twice) violates ``active_persons``' key and a household already
         registered fails the store's version check. The caller rolls the whole batch back then and
-        registers the households one by one to learn which failed and why.
+        registers the households one by one to learn which failed and why. ``villages``: codes a
+        caller found before (e.g. an import's earlier batches), not looked up again; found ones are added.
         """
         if not registrations:
             return
-        for code in sorted({h.village_code for h, _ in registrations}):
+        known = villages if villages is not None else set()
+        for code in sorted({h.village_code for h, _ in registrations} - known):
             await _require_village(conn, code)
+            known.add(code)
         await conn.execute(_CLAIM_INSERT, *unnest_columns(
             row for h, persons in registrations for row in _claim_rows(h.id, persons)))
         await conn.execute(_VAULT_INSERT, *unnest_columns(

@@ -1185,9 +1185,10 @@ async def import_file(
         done = 0
         if progress:
             progress("importing", 0, len(todo))
+        villages: set[str] = set()  # found by a batch of this import: not looked up again
         for start in range(0, len(todo), max(1, batch_size)):
             batch = todo[start:start + max(1, batch_size)]
-            await _import_batch(registry, pool, batch, meta, report, bulk=bulk)
+            await _import_batch(registry, pool, batch, meta, report, bulk=bulk, villages=villages)
             done += len(batch)
             if progress:
                 progress("importing", done, len(todo))
@@ -1208,11 +1209,11 @@ Outcome = tuple[HouseholdPlan, str, Any]  # (plan, imported | already | error, R
 
 
 async def _import_batch(registry: Registry, pool: Any, batch: list[HouseholdPlan], meta: Metadata,
-                        report: ImportReport, *, bulk: bool = True) -> None:
+                        report: ImportReport, *, bulk: bool = True, villages: set[str] | None = None) -> None:
     """Write the batch in bulk (one transaction, a few statements). When that fails for any reason
     (a person or household registered since the validation, ...), nothing of it is written and its
     households are written one by one, which finds and reports the failing ones."""
-    outcomes = await _try_bulk(registry, pool, batch, meta) if bulk else None
+    outcomes = await _try_bulk(registry, pool, batch, meta, villages) if bulk else None
     if outcomes is None:
         outcomes = []
         for start in range(0, len(batch), ONE_BY_ONE_BATCH_SIZE):
@@ -1232,14 +1233,14 @@ async def _import_batch(registry: Registry, pool: Any, batch: list[HouseholdPlan
             report.errors.append(detail)
 
 
-async def _try_bulk(registry: Registry, pool: Any, batch: list[HouseholdPlan], meta: Metadata
-                    ) -> list[Outcome] | None:
+async def _try_bulk(registry: Registry, pool: Any, batch: list[HouseholdPlan], meta: Metadata,
+                    villages: set[str] | None = None) -> list[Outcome] | None:
     """The batch in one transaction; None (and nothing written) when it fails."""
     try:
         registrations = _build_batch(registry, batch)
         async with pool.acquire() as conn:
             async with conn.transaction():
-                await registry.register_households(conn, registrations, meta)
+                await registry.register_households(conn, registrations, meta, villages=villages)
     except Exception as exc:  # noqa: BLE001 - written one by one, which reports the failing households
         log.info("a batch of %d households is written one by one after %s", len(batch), type(exc).__name__)
         return None
