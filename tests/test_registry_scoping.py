@@ -233,19 +233,25 @@ async def test_region_statistics_take_every_documented_code_form_within_the_juri
     v = scene.village  # (the other county's village is in the same city, so in the same province)
     county, city, province = (principal("information_officer", county_of(v)),
                               principal("operator", v[:4].ljust(12, "0")), principal("operator", v[:2].ljust(12, "0")))
-    cases = [(county, v[:9], 1),          # a township, 9 digits
-             (county, v[:9] + "000", 1),  # the same, 12 digits
-             (county, v[:6], 1),          # the county, 6 digits
-             (city, v[:4], 2),            # the city, 4 digits
-             (city, v[:6], 1),
-             (province, v[:2], 2),        # the province, 2 digits
-             (province, v[:6] + "000000", 1)]
-    answers = {}
-    for who, code, _ in cases:
+    cases = [(county, v[:9], v[:9], 1),          # a township, 9 digits
+             (county, v[:9] + "000", v[:9], 1),  # the same, 12 digits
+             (county, v[:6], v[:6], 1),          # the county, 6 digits
+             (city, v[:4], v[:4], 2),            # the city, 4 digits (both of the scene's counties)
+             (city, v[:6], v[:6], 1),
+             (province, v[:2], v[:2], 2),        # the province, 2 digits
+             (province, v[:6] + "000000", v[:6], 1)]
+    answers, expected = {}, {}
+    for who, code, prefix, at_least in cases:
         async with scene.client(who) as client:
             r = await client.get(f"/regions/{code}/statistics")
             answers[(who.jurisdiction, code)] = (r.status_code, r.json().get("households", r.json().get("code")))
-    assert answers == {(who.jurisdiction, code): (200, n) for who, code, n in cases}
+        # The ledger also holds households of earlier tests whose random codes share a province or a
+        # city (the broker's topics outlive a test's databases): the region's own count is the answer.
+        in_region = await scene.runtime.pool.fetchval(
+            "SELECT count(*) FROM ledger_households WHERE village_code LIKE $1", prefix + "%")
+        assert in_region >= at_least
+        expected[(who.jurisdiction, code)] = (200, in_region)
+    assert answers == expected
     # And a county's officer still gets no statistics of another county's township, nor of its city or
     # province, in any form.
     async with scene.client(principal("information_officer", county_of(scene.elsewhere))) as client:
