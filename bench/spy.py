@@ -70,21 +70,14 @@ def profile_services(ctx: Ctx, label: str, services: list[str], action: Callable
 
 
 def _package(frame: str) -> str:
-    from .worker import _REPO
+    from .worker import package_of_path
 
     m = re.search(r"\((.*?)(?::\d+)?\)$", frame)
     path = m.group(1) if m else ""
     name = frame.split(" (", 1)[0]
     if name in ("select", "EpollSelector.select", "epoll.poll") or name.endswith(".select"):
         return "event loop idle (waiting on I/O)"
-    if "site-packages/" in path:
-        return "library: " + path.split("site-packages/", 1)[1].split("/", 1)[0].replace(".py", "")
-    if path.startswith(_REPO):
-        parts = path[len(_REPO):].split("/")
-        return "tpa: " + "/".join(parts[:2] if parts[0] == "services" else parts[:1]).replace(".py", "")
-    if "/lib/python3" in path:
-        return "stdlib: " + path.split("/lib/python3", 1)[1].split("/", 2)[1].replace(".py", "")
-    return "other"
+    return package_of_path(path) or "other"
 
 
 def summarise_folded(text: str) -> dict[str, Any]:

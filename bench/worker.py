@@ -57,6 +57,11 @@ def _category(frame: Any) -> str | None:
         return "awaiting I/O (PostgreSQL, Kafka, HTTP, threads)"
     if fn == "epoll.poll" or fn.startswith("select"):
         return "event loop idle (waiting on I/O)"
+    return package_of_path(path)
+
+
+def package_of_path(path: str) -> str | None:
+    """The package a source file belongs to (library, TPA service or module, stdlib), if known."""
     if "/site-packages/" in path:
         return "library: " + path.split("/site-packages/", 1)[1].split("/", 1)[0].replace(".py", "")
     if path.startswith(_REPO):
