@@ -246,6 +246,7 @@ async def relay(args: dict[str, Any]) -> dict[str, Any]:
         r = Relay(name="registry", service="registry", store=store, bootstrap_servers=args["bootstrap"],
                   enable_idempotence=False, partitions=s.kafka_topic_partitions,
                   replication_factor=s.kafka_replication_factor, batch_size=s.relay_batch_size,
+                  compression_type=s.kafka_compression_type, producer_batch_bytes=s.kafka_producer_batch_bytes,
                   poll_interval=s.relay_poll_interval, lost_data_check_interval=s.relay_lost_data_check_interval)
         async with profiled(args.get("profile")):
             started = time.perf_counter()
@@ -264,7 +265,8 @@ async def relay(args: dict[str, Any]) -> dict[str, Any]:
         except asyncio.TimeoutError:
             running.cancel()
         return {"seconds": seconds, "events": events, "topics": topics, "failures": r.stats.failures,
-                "batch_size": s.relay_batch_size}
+                "batch_size": s.relay_batch_size, "compression": s.kafka_compression_type,
+                "producer_batch_bytes": s.kafka_producer_batch_bytes}
     finally:
         await pool.close()
 
@@ -317,15 +319,14 @@ async def _read_all(bootstrap: str, topics: list[str], max_records: int = 500, e
 @task
 async def produce_limit(args: dict[str, Any]) -> dict[str, Any]:
     """The relay's messages (read back from its topics: same keys, values, headers) produced with
-    a plain aiokafka producer configured as the relay's (acks=all, linger 5 ms, no idempotence) to
+    a plain aiokafka producer configured as the relay's (``eventkit.kafka.new_producer``: acks=all,
+    linger 5 ms, the same batch size and compression, no idempotence) to
     fresh topics with the same partition count on the same broker, all sent before awaiting.
     The records are read first (not timed) into memory, or into a temporary file beyond
     ``SPOOL_BYTES`` (then read back while producing, which only lowers the limit)."""
     import pickle
 
-    from aiokafka import AIOKafkaProducer
-
-    from eventkit.kafka import ensure_topics
+    from eventkit.kafka import ensure_topics, new_producer
     from eventkit.settings import load_settings
 
     s = load_settings("registry")
@@ -363,9 +364,10 @@ async def produce_limit(args: dict[str, Any]) -> dict[str, Any]:
                 return
 
     started = time.perf_counter()
-    producer = AIOKafkaProducer(bootstrap_servers=args["bootstrap"], client_id="bench-raw-producer", acks="all",
-                                enable_idempotence=False, linger_ms=5, request_timeout_ms=10_000,
-                                retry_backoff_ms=200)
+    # The relay's producer configuration (batch size, compression): the limit differs only in
+    # having nothing to read from PostgreSQL and nothing to encode.
+    producer = new_producer(args["bootstrap"], client_id="bench-raw-producer", enable_idempotence=False,
+                            compression_type=s.kafka_compression_type, batch_bytes=s.kafka_producer_batch_bytes)
     await producer.start()
     sent = 0
     try:

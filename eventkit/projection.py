@@ -40,7 +40,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from contracts.topics import dlq_topic
 
 from . import telemetry
-from .kafka import ensure_topics
+from .kafka import ensure_topics, new_producer
 from .metrics import Metrics
 
 log = logging.getLogger("eventkit.projection")
@@ -176,6 +176,7 @@ class ProjectionRunner:
         batch_size: int = 500,
         retry_delay: float = 0.05,
         group_prefix: str = "tpa",
+        compression_type: str = "zstd",
     ) -> None:
         self.projection = projection
         self.service = service
@@ -189,6 +190,7 @@ class ProjectionRunner:
         self.batch_size = batch_size
         self.retry_delay = retry_delay
         self.group_prefix = group_prefix
+        self.compression_type = compression_type
         self._dlq_topics: set[str] = set()
         self.epoch = 0
         self.assigned: set[TopicPartition] = set()
@@ -573,9 +575,9 @@ class ProjectionRunner:
             ("tpa_original_offset", str(offset).encode()),
         ]
         if self._dlq is None:
-            self._dlq = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
-                                         enable_idempotence=self.enable_idempotence,
-                                         client_id=f"tpa-dlq-{self.name}")
+            self._dlq = new_producer(self.bootstrap_servers, client_id=f"tpa-dlq-{self.name}",
+                                     enable_idempotence=self.enable_idempotence,
+                                     compression_type=self.compression_type)
             await self._dlq.start()
         target = dlq_topic(topic)
         if target not in self._dlq_topics:

@@ -33,7 +33,7 @@ from contracts import topics as ct
 
 from . import telemetry
 from .events import RecordedEvent
-from .kafka import ensure_topics
+from .kafka import ensure_topics, new_producer
 from .store import NOTIFY_CHANNEL, EventStore
 
 log = logging.getLogger("eventkit.relay")
@@ -91,6 +91,8 @@ class Relay:
         enable_idempotence: bool,
         partitions: int = 3,
         replication_factor: int = 1,
+        compression_type: str = "zstd",
+        producer_batch_bytes: int = 262_144,
         batch_size: int = 500,
         poll_interval: float = 1.0,
         lost_data_check_interval: float = 5.0,
@@ -107,6 +109,8 @@ class Relay:
         self.enable_idempotence = enable_idempotence
         self.partitions = partitions
         self.replication_factor = replication_factor
+        self.compression_type = compression_type
+        self.producer_batch_bytes = producer_batch_bytes
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.lost_data_check_interval = lost_data_check_interval
@@ -168,15 +172,9 @@ class Relay:
     # -- internals -------------------------------------------------------------
 
     def _new_producer(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=f"tpa-relay-{self.name}",
-            acks="all",
-            enable_idempotence=self.enable_idempotence,
-            linger_ms=5,
-            request_timeout_ms=10_000,
-            retry_backoff_ms=200,
-        )
+        return new_producer(self.bootstrap_servers, client_id=f"tpa-relay-{self.name}",
+                            enable_idempotence=self.enable_idempotence, compression_type=self.compression_type,
+                            batch_bytes=self.producer_batch_bytes)
 
     async def _listen(self) -> None:
         """A dedicated session: LISTEN for appends, and hold the publisher lock."""

@@ -130,6 +130,7 @@ class ServiceRuntime:
                 name=self.service, service=self.service, store=self.store,
                 bootstrap_servers=s.kafka_bootstrap_servers, enable_idempotence=s.kafka_enable_idempotence,
                 partitions=s.kafka_topic_partitions, replication_factor=s.kafka_replication_factor,
+                compression_type=s.kafka_compression_type, producer_batch_bytes=s.kafka_producer_batch_bytes,
                 batch_size=s.relay_batch_size, poll_interval=s.relay_poll_interval,
                 lost_data_check_interval=s.relay_lost_data_check_interval,
                 on_published=self.metrics.relay_published.labels(self.service).inc,
@@ -144,6 +145,7 @@ class ServiceRuntime:
                 enable_idempotence=s.kafka_enable_idempotence, partitions=s.kafka_topic_partitions,
                 replication_factor=s.kafka_replication_factor, max_retries=s.projection_max_retries,
                 batch_size=s.projection_batch_size, group_prefix=s.kafka_group_prefix,
+                compression_type=s.kafka_compression_type,
             )
             self.runners.append(runner)
             self._spawn(runner.run(), f"projection-{projection.name}")

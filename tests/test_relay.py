@@ -228,3 +228,63 @@ async def test_batches_in_flight_one_after_another_keep_every_key_in_order_exact
     assert len(records) == 200 and sum(published) == 200  # exactly once without failures
     assert per_key_versions(records) == {s: list(range(1, 41)) for s in streams}
     assert max(published) <= 7 and len(published) >= 200 // 7
+
+
+class _BatchSpy:
+    """Wraps aiokafka's ``MemoryRecords`` to note the compression codec of each fetched batch."""
+
+    seen: list[tuple[int, int]] = []  # (codec, records in the batch)
+
+    def __init__(self, data):
+        from aiokafka.record.memory_records import MemoryRecords
+
+        self._records = MemoryRecords(data)
+
+    def next_batch(self, *args):
+        batch = self._records.next_batch(*args)
+        if batch is not None:
+            _BatchSpy.seen.append((batch.compression_type, batch.last_offset_delta + 1))
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self._records, name)
+
+
+async def test_relay_sends_zstd_batches_of_many_events_that_librdkafka_reads(pool, infra, unique, monkeypatch):
+    """ADR 0017: the relay's batches are zstd-compressed and hold many events each; aiokafka
+    and librdkafka (kcat) consumers read them as plain records."""
+    import shutil
+    import subprocess
+
+    import aiokafka.consumer.fetcher as fetcher
+    from aiokafka.record.default_records import DefaultRecordBase
+
+    kind = unique("zstd")
+    store = EventStore(pool)
+    stream = f"hh-{uuid.uuid4()}"
+    events = [NewEvent("Noted", {"n": i, "text": "两不愁三保障 " * 20}) for i in range(300)]
+    recorded = await store.append(stream, kind, NO_STREAM, events, Metadata(actor="u1", correlation_id="c1"))
+    relay = make_relay(pool, infra, unique("relay"))
+    assert relay.compression_type == "zstd"
+    async with background(relay.run()):
+        await wait_until(lambda: _eq(checkpoint(pool, relay), recorded[-1].global_position))
+
+    topic = topic_name(SERVICE, kind)
+    _BatchSpy.seen = []
+    monkeypatch.setattr(fetcher, "MemoryRecords", _BatchSpy)
+    records = await read_topic(infra.bootstrap_servers, topic)
+    assert [json.loads(r.value)["data"]["n"] for r in records] == list(range(300))
+    assert _BatchSpy.seen and {codec for codec, _ in _BatchSpy.seen} == {DefaultRecordBase.CODEC_ZSTD}
+    assert sum(n for _, n in _BatchSpy.seen) == 300
+    assert len(_BatchSpy.seen) < 30, _BatchSpy.seen  # not one batch per event
+
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        pytest.skip("kcat is not installed (apt-get install kcat)")
+    result = subprocess.run([kcat, "-C", "-b", infra.bootstrap_servers, "-t", topic, "-o", "beginning", "-e", "-q",
+                             "-f", "%k %s\\n"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 300
+    assert all(line.split(" ", 1)[0] == stream for line in lines)
+    assert sorted(json.loads(line.split(" ", 1)[1])["data"]["n"] for line in lines) == list(range(300))
