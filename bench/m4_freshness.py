@@ -10,17 +10,28 @@ sends the commands.
 
 The load is open-loop (``bench.worker.freshness``): command i leaves at t0 + i/rate whether or
 not earlier ones were answered, so a slow platform shows as growing latency and a completed
-rate below the offered one, not as a politely slower client. The mix, evenly interleaved:
-half registrations of a new household (one or two members) in a village of its own (villages
-made for the benchmark), half income updates (``PUT .../incomes/{year}``) of imported
-households. Visibility is polled every 20 ms in monitoring's database for all pending commands
-at once (cheap for the platform, unlike polling its HTTP API hundreds of times a second):
-the village's ``village_households`` row, which ``GET /villages/{code}/households`` returns,
-and the household's new version in ``mon_risk_events``, which the return-risk rules read. A
-sample of the registrations is then checked through the gateway's query API.
+rate below the offered one, not as a politely slower client. The mix (``MIX``), evenly
+interleaved, a quarter each:
 
-A rate counts as sustained when every command got a 2xx and the platform completed at least
-95 % of the offered rate over the window. Visits and disbursements are not in the mix yet."""
+* registrations of a new household (one or two members) in a village of its own (villages made
+  for the benchmark), by the county's information officer; visible when the village's
+  ``village_households`` row counts it (``GET /villages/{code}/households``);
+* income updates (``PUT .../incomes/{year}``) of imported households, by the same officer;
+  visible when monitoring's ``mon_risk_events`` holds the household's new version (what the
+  return-risk rules read);
+* visits: a cadre's check-in at an imported household of the cadre's township
+  (``POST /attendance/batches``, one item), by one of ``CADRES`` cadres taking turns; visible
+  in ``mon_attendance`` (what the attendance and compliance queries read);
+* disbursement requests: a month's minimum-living allowance to a member of an imported
+  household (``POST /disbursements``), by the officer; visible in the dashboard's
+  ``dash_payments`` (the funds figures of ``GET /dashboards/...``).
+
+Visibility is polled every 20 ms in monitoring's database for all pending commands at once
+(cheap for the platform, unlike polling its HTTP API hundreds of times a second). A sample of
+the registrations is then checked through the gateway's query API.
+
+A rate counts as sustained when every command got a 2xx (and, for a visit, its item was
+accepted) and the platform completed at least 95 % of the offered rate over the window."""
 
 from __future__ import annotations
 
@@ -40,7 +51,10 @@ from .m5_gateway import _request, _token
 from .report import Row, Target, fmt
 
 SECTION = "4 freshness"
-SHARE = 0.5  # registrations in the mix
+MIX = {"registration": 0.25, "income": 0.25, "visit": 0.25, "disbursement": 0.25}
+KINDS = tuple(MIX)
+CADRES = 20  # cadres taking turns for the visits, each in a township of the county
+ALLOWANCE = ("minimum_living_tier1", "310.00")  # policy and standard of the disbursement requests
 ID_ADDRESS = "110101"  # address code of the bench's new people: none of the generated counties
 _NAMES = "王李张刘陈杨黄赵吴周"
 
@@ -80,16 +94,44 @@ async def _load_villages(dsn: str, villages: list[str]) -> None:
         await conn.close()
 
 
-async def _imported_households(dsn: str, county6: str, n: int) -> list[str]:
+async def _imported(dsn: str, county6: str, n: int) -> list[dict[str, str]]:
+    """Up to ``n`` imported, registered households of the county (not the bench's own villages),
+    each with its township and an active member."""
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
     try:
-        return [r["household_id"] for r in await conn.fetch(
-            "SELECT household_id::text FROM ledger_households WHERE village_code LIKE $1 || '%'"
-            " AND village_code < $2 ORDER BY household_id LIMIT $3", county6, county6 + "900000", n)]
+        return [dict(r) for r in await conn.fetch(
+            "SELECT h.household_id::text, h.township_code::text AS township,"
+            " (SELECT m.member_id::text FROM ledger_members m WHERE m.household_id = h.household_id AND m.active"
+            "  ORDER BY m.member_id LIMIT 1) AS member_id"
+            " FROM ledger_households h WHERE h.village_code LIKE $1 || '%' AND h.village_code < $2"
+            " AND h.status IN ('identified', 'returned_to_poverty', 'lifted_out')"
+            " ORDER BY h.household_id LIMIT $3", county6, county6 + "900000", n)]
     finally:
         await conn.close()
+
+
+def _cadres(ctx: Ctx, env: dict[str, str], households: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """``CADRES`` cadre users, each at the township level of one of the townships with the most
+    households (taking turns), with the households each may visit."""
+    by_township: dict[str, list[str]] = {}
+    for h in households:
+        by_township.setdefault(h["township"], []).append(h["household_id"])
+    townships = sorted(by_township, key=lambda t: (-len(by_township[t]), t))
+    cadres = []
+    for k in range(CADRES):
+        township = townships[k % len(townships)]
+        password = "-".join(secrets.token_urlsafe(8) for _ in range(3))
+        username = f"bench-cadre-{k:02d}"
+        _, res = ctx.infra.run_cli(["users", "create", username, "--role", "cadre", "--level", "township",
+                                    "--jurisdiction", township + "000", "--password-from-stdin"], env, stdin=password + "\n")
+        if res.returncode != 0:
+            raise RuntimeError(f"tpa users create {username} failed: {res.stderr[-1000:]}")
+        user_id = res.stdout.rsplit("(", 1)[-1].split(")", 1)[0].strip()
+        cadres.append({"username": username, "password": password, "id": user_id,
+                       "households": by_township[township]})
+    return cadres
 
 
 def _platform(ctx: Ctx) -> dict[str, Any]:
@@ -134,46 +176,69 @@ def run(ctx: Ctx) -> None:
     env = _platform(ctx)
     gateway = infra.services["gateway"].url
     county = ctx.dataset.counties[0]
-    planned = sum(math.ceil(r * duration * SHARE) + 1 for r in rates) * ctx.repeat \
-        + math.ceil(max(rates) * duration * SHARE) + 1  # and one profiled run
-    villages = _villages(county, planned)
+    planned = {kind: sum(math.ceil(r * duration * share) + 1 for r in rates) * ctx.repeat
+               + math.ceil(max(rates) * duration * share) + 1 for kind, share in MIX.items()}  # and one profiled run
+    villages = _villages(county, planned["registration"])
     asyncio.run(_load_villages(infra.dsn(ctx.registry_db), villages))
-    targets = asyncio.run(_imported_households(infra.dsn(ctx.registry_db), county, 5000))
-    if not targets:
-        raise RuntimeError("no imported household found in the ledger for income updates")
+    households = asyncio.run(_imported(infra.dsn(ctx.registry_db), county, 20000))
+    if not households:
+        raise RuntimeError("no imported household found in the ledger for the income updates, visits and payments")
+    members = [h for h in households if h["member_id"]]
     password = "-".join(secrets.token_urlsafe(8) for _ in range(3))
     _, res = infra.run_cli(["users", "create", "bench-officer", "--role", "information_officer", "--level", "county",
                             "--jurisdiction", county, "--password-from-stdin"], env, stdin=password + "\n")
     if res.returncode != 0:
         raise RuntimeError(f"tpa users create failed: {res.stderr[-1000:]}")
+    cadres = _cadres(ctx, env, households)
     u = urllib.parse.urlsplit(gateway)
     year = date.today().year - 1
-    next_person, next_village = 0, 0
+    # Each (member, month) is paid once: the requests go member by member, then month by month back.
+    months = [f"{y}-{m:02d}" for y in range(year, 2016, -1) for m in range(12, 0, -1)]
+    if planned["disbursement"] > len(members) * len(months):
+        raise RuntimeError(f"{planned['disbursement']} disbursement requests planned, {len(members)} members")
+    counters = {"person": 0, "village": 0, "visit": 0, "payment": 0}
     results: dict[float, list[dict[str, Any]]] = {}
     probe_villages: list[str] = []
 
     def one_run(rate: float) -> dict[str, Any]:
-        nonlocal next_person, next_village
-        n_reg = math.ceil(rate * duration * SHARE) + 1
+        count = {kind: math.ceil(rate * duration * share) + 1 for kind, share in MIX.items()}
         bodies = []
-        for _ in range(n_reg):
-            v = villages[next_village]
-            next_village += 1
-            members = [{"name": f"{_NAMES[next_person % 10]}测试", "id_number": _person(next_person),
-                        "relation": "head"}]
-            next_person += 1
-            if next_person % 2:
-                members.append({"name": f"{_NAMES[next_person % 10]}某", "id_number": _person(next_person),
-                                "relation": "10"})
-                next_person += 1
+        for _ in range(count["registration"]):
+            v = villages[counters["village"]]
+            counters["village"] += 1
+            i = counters["person"]
+            members_ = [{"name": f"{_NAMES[i % 10]}测试", "id_number": _person(i), "relation": "head"}]
+            counters["person"] += 1
+            if counters["person"] % 2:
+                i = counters["person"]
+                members_.append({"name": f"{_NAMES[i % 10]}某", "id_number": _person(i), "relation": "10"})
+                counters["person"] += 1
             bodies.append({"village_code": v, "body": {"village_code": v, "address": "测速组1号",
-                                                       "members": members}})
+                                                       "members": members_}})
         probe_villages.extend(b["village_code"] for b in bodies[:3])
+        visits = []
+        for _ in range(count["visit"]):
+            k = counters["visit"] % CADRES
+            mine = cadres[k]["households"]
+            visits.append({"cadre": k, "household_id": mine[(counters["visit"] // CADRES) % len(mine)]})
+            counters["visit"] += 1
+        payments = []
+        for _ in range(count["disbursement"]):
+            n = counters["payment"]
+            h = members[n % len(members)]
+            payments.append({"household_id": h["household_id"], "member_id": h["member_id"], "basis": "policy",
+                             "policy_code": ALLOWANCE[0], "period": months[n // len(members)],
+                             "amount": ALLOWANCE[1]})
+            counters["payment"] += 1
         token = _token(gateway, {"grant_type": "password", "username": "bench-officer", "password": password})
+        cadre_headers = [{"Authorization": "Bearer " + _token(gateway, {
+            "grant_type": "password", "username": c["username"], "password": c["password"]})} for c in cadres]
         out = ctx.worker("freshness", {
             "host": u.hostname, "port": u.port, "headers": {"Authorization": f"Bearer {token}"},
-            "rate": rate, "duration": duration, "registrations": bodies, "incomes": targets,
-            "registration_share": SHARE, "year": year, "monitoring_dsn": infra.dsn(ctx.monitoring_db),
+            "rate": rate, "duration": duration, "mix": MIX, "registrations": bodies,
+            "incomes": [h["household_id"] for h in households], "year": year,
+            "visits": visits, "cadres": [{"id": c["id"], "headers": h} for c, h in zip(cadres, cadre_headers)],
+            "disbursements": payments, "monitoring_dsn": infra.dsn(ctx.monitoring_db),
             "poll": 0.02, "drain": 30.0}, timeout=duration + 900)
         out["sustained"] = not out["errors"] and out["completed_rate"] >= 0.95 * rate
         return out
@@ -208,7 +273,7 @@ def run(ctx: Ctx) -> None:
                     [x["all"]["command_ms"]["p99"] for x in runs], higher_is_better=False))
         rep.add(Row(SECTION, f"{rate:g}/s offered: completed", "cmd/s", [x["completed_rate"] for x in runs],
                     "offered", [rate] * len(runs)))
-        for kind in ("registration", "income"):
+        for kind in KINDS:
             rep.add(Row(SECTION, f"{rate:g}/s offered: {kind} freshness p99", "ms",
                         [x[kind]["freshness_ms"]["p99"] for x in runs], higher_is_better=False))
         sustained = sum(1 for x in runs if x["sustained"]) * 2 > len(runs)
@@ -222,7 +287,7 @@ def run(ctx: Ctx) -> None:
     rep.targets.append(Target("Freshness p99 < 1 s at >= 300 interactive commands/s",
                               f"highest sustained rate with p99 < 1 s: {fmt(best) if best else 'none'} commands/s "
                               f"(rates tried: {', '.join(f'{r:g}' for r in results)})", met,
-                              "mix: registrations and income updates only (no visits, no disbursements yet)"))
+                              "mix: registrations, income updates, visits and disbursement requests, a quarter each"))
     if ctx.want_profile(not met):
         from .spy import profile_services
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime
 import json
 import resource
 import sys
 import time
+import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -507,6 +509,21 @@ async def http_load(args: dict[str, Any]) -> dict[str, Any]:
             "latencies_ms": _percentiles([x * 1000 for x in latencies])}
 
 
+def interleave(mix: dict[str, float], n: int) -> list[str]:
+    """``n`` command kinds in the proportions of ``mix``, evenly spread (smooth weighted round
+    robin: each kind gains its share per step, the one furthest ahead goes and pays 1)."""
+    total = sum(mix.values())
+    credit = dict.fromkeys(mix, 0.0)
+    out = []
+    for _ in range(n):
+        for kind, share in mix.items():
+            credit[kind] += share / total
+        kind = max(credit, key=lambda k: credit[k])
+        credit[kind] -= 1.0
+        out.append(kind)
+    return out
+
+
 @task
 async def freshness(args: dict[str, Any]) -> dict[str, Any]:
     """Open-loop load through the gateway at ``rate`` commands/s for ``duration`` s: each command
@@ -517,7 +534,10 @@ async def freshness(args: dict[str, Any]) -> dict[str, Any]:
     * registration (a household in a village of its own): the village's row in
       ``village_households``, what ``GET /villages/{code}/households`` reads;
     * income update of an imported household: the new version in ``mon_risk_events``, what the
-      return-risk rules read (``risk-facts``; the query API shows alerts, not incomes).
+      return-risk rules read (``risk-facts``; the query API shows alerts, not incomes);
+    * visit (a cadre's check-in): one more visit of that cadre at that household in
+      ``mon_attendance`` than before (the load's earlier ones counted);
+    * disbursement request: the disbursement's row in the dashboard's ``dash_payments``.
     """
     import asyncpg
 
@@ -525,35 +545,62 @@ async def freshness(args: dict[str, Any]) -> dict[str, Any]:
 
     rate, duration = float(args["rate"]), float(args["duration"])
     headers = {**args["headers"], "Content-Type": "application/json"}
-    registrations = list(reversed(args["registrations"]))  # [{"village_code":..., "body": {...}}], taken in order
-    incomes = list(args["incomes"])  # household ids
+    queues = {"registration": list(reversed(args.get("registrations", []))),  # each taken in order
+              "visit": list(reversed(args.get("visits", []))),
+              "disbursement": list(reversed(args.get("disbursements", [])))}
+    incomes = list(args.get("incomes", []))  # household ids
+    cadres = args.get("cadres", [])
     year = args.get("year", 2024)
     n = int(rate * duration)
-    share = float(args.get("registration_share", 0.5))  # evenly interleaved: floor((i+1)s) > floor(is)
-    kinds = ["registration" if int((i + 1) * share) > int(i * share) else "income" for i in range(n)]
-    if kinds.count("registration") > len(registrations):
-        raise ValueError(f"{kinds.count('registration')} registrations planned, {len(registrations)} bodies given")
+    kinds = interleave(args["mix"], n)
+    for kind, queue in queues.items():
+        if kinds.count(kind) > len(queue):
+            raise ValueError(f"{kinds.count(kind)} {kind} commands planned, {len(queue)} given")
+    if "income" in kinds and not incomes:
+        raise ValueError("income updates planned, no household given")
     idle: list[Connection] = []
     opened = 0
     records: list[dict[str, Any]] = []
     pending_villages: dict[str, dict[str, Any]] = {}
     pending_versions: dict[tuple[str, int], dict[str, Any]] = {}
+    pending_payments: dict[str, dict[str, Any]] = {}
+    pending_visits: dict[tuple[str, str], list[dict[str, Any]]] = {}
     host, port = args["host"], args["port"]
+
+    db = await asyncpg.connect(args["monitoring_dsn"])
+    seen_visits: dict[tuple[str, str], int] = {  # visits recorded before this load
+        (r["cadre_id"], r["household_id"]): r["n"] for r in await db.fetch(
+            "SELECT cadre_id, household_id, count(*) AS n FROM mon_attendance WHERE kind = 'visit'"
+            " AND cadre_id = ANY($1::text[]) GROUP BY 1, 2", [c["id"] for c in cadres])}
+
+    def request_of(i: int, kind: str) -> tuple[str, str, bytes, dict[str, str], Any]:
+        if kind == "registration":
+            item = queues[kind].pop()
+            return "POST", "/api/v1/households", json.dumps(item["body"]).encode(), headers, item
+        if kind == "income":
+            hid = incomes[i % len(incomes)]
+            amount = 1000 + i % 5000
+            return "PUT", f"/api/v1/households/{hid}/incomes/{year}", json.dumps({
+                "wage": str(amount), "business": "0", "property": "0", "transfer": "800",
+                "business_expenses": "0"}).encode(), headers, None
+        if kind == "visit":
+            item = queues[kind].pop()
+            cadre = cadres[item["cadre"]]
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+            body = {"items": [{"client_event_id": str(uuid.uuid4()), "kind": "check_in", "occurred_at": now,
+                               "visit_id": str(uuid.uuid4()), "household_id": item["household_id"],
+                               "latitude": 36.0611, "longitude": 103.8343, "accuracy_m": 10}]}
+            return ("POST", "/api/v1/attendance/batches", json.dumps(body).encode(),
+                    {**cadre["headers"], "Content-Type": "application/json"}, (cadre["id"], item["household_id"]))
+        body = queues["disbursement"].pop()
+        return "POST", "/api/v1/disbursements", json.dumps(body).encode(), headers, None
 
     async def send(i: int, scheduled: float) -> None:
         nonlocal opened
         kind = kinds[i]
         rec: dict[str, Any] = {"kind": kind, "scheduled": scheduled}
         records.append(rec)
-        if kind == "registration":
-            item = registrations.pop()
-            method, path, body = "POST", "/api/v1/households", json.dumps(item["body"]).encode()
-        else:
-            hid = incomes[i % len(incomes)]
-            amount = 1000 + i % 5000
-            method, path = "PUT", f"/api/v1/households/{hid}/incomes/{year}"
-            body = json.dumps({"wage": str(amount), "business": "0", "property": "0", "transfer": "800",
-                               "business_expenses": "0"}).encode()
+        method, path, body, hdrs, item = request_of(i, kind)
         conn = None
         while idle and conn is None:
             conn = idle.pop()
@@ -565,7 +612,7 @@ async def freshness(args: dict[str, Any]) -> dict[str, Any]:
             opened += 1
         rec["sent"] = time.perf_counter()
         try:
-            status, data = await conn.request(method, path, headers, body)
+            status, data = await conn.request(method, path, hdrs, body)
         except Exception as exc:  # noqa: BLE001 - counted as an error
             rec["status"], rec["error"] = 0, repr(exc)
             conn.close()
@@ -573,36 +620,73 @@ async def freshness(args: dict[str, Any]) -> dict[str, Any]:
         rec["answered"] = time.perf_counter()
         rec["status"] = status
         idle.append(conn)
-        if 200 <= status < 300:
-            answer = json.loads(data)
-            if kind == "registration":
-                pending_villages[item["village_code"]] = rec
-            else:
-                pending_versions[(answer["household_id"], int(answer["version"]))] = rec
+        if not 200 <= status < 300:
+            rec["error"] = data[:300].decode(errors="replace")
+            return
+        answer = json.loads(data)
+        if kind == "registration":
+            pending_villages[item["village_code"]] = rec
+        elif kind == "income":
+            pending_versions[(answer["household_id"], int(answer["version"]))] = rec
+        elif kind == "visit":
+            result = answer["items"][0]
+            if result.get("status") != "accepted":  # a 200 whose item was refused is a failed command
+                rec["status"], rec["error"] = 422, json.dumps(result)[:300]
+                return
+            pending_visits.setdefault(item, []).append(rec)
+        else:
+            pending_payments[answer["id"]] = rec
 
-    db = await asyncpg.connect(args["monitoring_dsn"])
     polls = 0
     stop_polling = asyncio.Event()
+
+    def pending() -> bool:
+        return bool(pending_villages or pending_versions or pending_payments or pending_visits)
+
+    async def mark_seen(waiting: dict[Any, dict[str, Any]], sql: str, *params: Any,
+                        key: Any = lambda r: r[0]) -> None:
+        """The commands whose change the query finds (by ``key`` of its rows) are visible now."""
+        rows = await db.fetch(sql, *params)
+        seen = time.perf_counter()
+        for r in rows:
+            rec = waiting.pop(key(r), None)
+            if rec is not None:
+                rec["visible"] = seen
 
     async def poller() -> None:
         nonlocal polls
         poll = float(args.get("poll", 0.02))
-        while not stop_polling.is_set() or pending_villages or pending_versions:
+        while not stop_polling.is_set() or pending():
             started = time.perf_counter()
             if pending_villages:
-                rows = await db.fetch("SELECT village_code FROM village_households WHERE village_code = ANY($1::text[])"
-                                      " AND households > 0", list(pending_villages))
-                seen = time.perf_counter()
-                for r in rows:
-                    pending_villages.pop(r["village_code"])["visible"] = seen
+                await mark_seen(pending_villages, "SELECT village_code FROM village_households"
+                                " WHERE village_code = ANY($1::text[]) AND households > 0", list(pending_villages))
             if pending_versions:
                 keys = list(pending_versions)
-                rows = await db.fetch("SELECT household_id, version FROM mon_risk_events WHERE (household_id, version)"
-                                      " IN (SELECT * FROM unnest($1::text[], $2::int[]))",
+                await mark_seen(pending_versions, "SELECT household_id, version FROM mon_risk_events"
+                                " WHERE (household_id, version) IN (SELECT * FROM unnest($1::text[], $2::int[]))",
+                                [k[0] for k in keys], [k[1] for k in keys], key=lambda r: (r[0], r[1]))
+            if pending_payments:
+                await mark_seen(pending_payments, "SELECT disbursement_id FROM dash_payments"
+                                " WHERE disbursement_id = ANY($1::text[])", list(pending_payments))
+            if pending_visits:
+                keys = list(pending_visits)
+                rows = await db.fetch("SELECT cadre_id, household_id, count(*) AS n FROM mon_attendance"
+                                      " WHERE kind = 'visit' AND (cadre_id, household_id) IN"
+                                      " (SELECT * FROM unnest($1::text[], $2::text[])) GROUP BY 1, 2",
                                       [k[0] for k in keys], [k[1] for k in keys])
                 seen = time.perf_counter()
                 for r in rows:
-                    pending_versions.pop((r["household_id"], r["version"]))["visible"] = seen
+                    key = (r["cadre_id"], r["household_id"])
+                    new = r["n"] - seen_visits.get(key, 0)
+                    waiting = pending_visits.get(key, [])
+                    for rec in waiting[:new]:  # the earliest answered are the ones counted
+                        rec["visible"] = seen
+                    seen_visits[key] = seen_visits.get(key, 0) + min(new, len(waiting))
+                    if new >= len(waiting):
+                        pending_visits.pop(key, None)
+                    elif new > 0:
+                        pending_visits[key] = waiting[new:]
             polls += 1
             if stop_polling.is_set() and time.perf_counter() > drain_deadline:
                 break
@@ -629,16 +713,17 @@ async def freshness(args: dict[str, Any]) -> dict[str, Any]:
         c.close()
 
     out: dict[str, Any] = {"rate": rate, "duration": duration, "commands": n, "connections_opened": opened,
-                           "polls": polls, "send_lag_max_ms": max((r["sent"] - r["scheduled"]) * 1000
-                                                                  for r in records if "sent" in r) if records else None,
+                           "mix": {k: kinds.count(k) for k in args["mix"]}, "polls": polls,
+                           "send_lag_max_ms": max((r["sent"] - r["scheduled"]) * 1000
+                                                  for r in records if "sent" in r) if records else None,
                            "offered_seconds": send_end - t0, "answered_seconds": answered_end - t0}
     ok = [r for r in records if 200 <= r.get("status", 0) < 300]
     out["ok"] = len(ok)
     out["errors"] = {str(k): v for k, v in _count(r.get("status", 0) for r in records if r not in ok).items()}
-    out["error_samples"] = [r.get("error") or r.get("status") for r in records if r not in ok][:5]
+    out["error_samples"] = [f"{r['kind']}: {r.get('error') or r.get('status')}" for r in records if r not in ok][:5]
     # Completed per second over the offered window, or over the longer time the platform needed.
     out["completed_rate"] = len(ok) / max(duration, max((r["answered"] for r in ok), default=t0) - t0)
-    for kind in ("registration", "income", "all"):
+    for kind in (*args["mix"], "all"):
         mine = [r for r in ok if kind == "all" or r["kind"] == kind]
         # A change never seen within the drain time counts as infinitely late, not as absent.
         fresh = sorted([(r["visible"] - r["answered"]) * 1000 for r in mine if "visible" in r]
