@@ -124,8 +124,9 @@ def _cadres(ctx: Ctx, env: dict[str, str], households: list[dict[str, str]]) -> 
         township = townships[k % len(townships)]
         password = "-".join(secrets.token_urlsafe(8) for _ in range(3))
         username = f"bench-cadre-{k:02d}"
-        _, res = ctx.infra.run_cli(["users", "create", username, "--role", "cadre", "--level", "township",
-                                    "--jurisdiction", township + "000", "--password-from-stdin"], env, stdin=password + "\n")
+        argv = ["users", "create", username, "--role", "cadre", "--level", "township",
+                "--jurisdiction", township + "000", "--password-from-stdin"]  # the township's 12-digit code
+        _, res = ctx.infra.run_cli(argv, env, stdin=password + "\n")
         if res.returncode != 0:
             raise RuntimeError(f"tpa users create {username} failed: {res.stderr[-1000:]}")
         user_id = res.stdout.rsplit("(", 1)[-1].split(")", 1)[0].strip()
