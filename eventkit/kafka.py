@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Iterable, get_args
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from .settings import CompressionType
+
 log = logging.getLogger("eventkit.kafka")
 
-COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
+COMPRESSION_TYPES: tuple[str, ...] = get_args(CompressionType)
 
 
 def new_producer(

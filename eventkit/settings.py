@@ -13,6 +13,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES = ("registry", "workflow", "funds", "monitoring", "gateway")
+CompressionType = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+"""Record batch compressions a TPA producer may use (``KAFKA_COMPRESSION_TYPE``)."""
 
 
 class ServiceSettings(BaseSettings):
@@ -36,7 +38,7 @@ class ServiceSettings(BaseSettings):
     # wire, on disk and in the embedded broker's memory; needs a client that reads zstd, i.e.
     # Kafka 2.1+ protocol clients and librdkafka) and fill batches of up to this many bytes
     # (Kafka's default of 16 KiB holds about 30 events). See ADR 0017.
-    kafka_compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+    kafka_compression_type: CompressionType = Field(
         default="zstd", validation_alias=AliasChoices("KAFKA_COMPRESSION_TYPE")
     )
     kafka_producer_batch_bytes: int = Field(

@@ -43,11 +43,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from eventkit.telemetry import instrument_libraries, setup_logging, setup_tracing
 
-    settings = load_settings(args.service)
-    setup_logging(args.service, settings.log_level, settings.log_json)
-    setup_tracing(args.service)
-    instrument_libraries()
     try:
+        settings = load_settings(args.service)  # a pydantic ValidationError is a ValueError
+        setup_logging(args.service, settings.log_level, settings.log_json)
+        setup_tracing(args.service)
+        instrument_libraries()
         runtime = _composition_root(args.service).build(settings)
     except (ValueError, RuntimeError) as exc:  # invalid configuration (e.g. a case type definition)
         print(f"tpa serve {args.service}: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -77,3 +77,13 @@ async def test_rebuild_clears_the_read_model_and_bumps_the_epoch(database):
         assert await conn.fetchval("SELECT count(*) FROM village_households") == 0
     finally:
         await conn.close()
+
+
+def test_serve_refuses_an_invalid_kafka_setting_with_a_clear_message():
+    bad = run_tpa("serve", "registry", env=clean_env(
+        KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9", KAFKA_COMPRESSION_TYPE="brotli", KAFKA_PRODUCER_BATCH_BYTES="10",
+        TPA_REGISTRY_DATABASE_URL="postgresql://nobody@127.0.0.1:9/none"), timeout=60)
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    assert "KAFKA_COMPRESSION_TYPE" in bad.stderr and "'zstd'" in bad.stderr
+    assert "KAFKA_PRODUCER_BATCH_BYTES" in bad.stderr
+    assert "Traceback" not in bad.stderr
